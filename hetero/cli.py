@@ -22,18 +22,24 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "catalog": ("hetero.cluster.catalog_cli", "list the accelerator catalog"),
     "rl": ("hetero.rl.cli", "online RL for flow-matching VLA policies: sft, train, eval"),
     "predict": ("hetero.predictor.predict_cli", "predict a plan's step time and memory on a cluster"),
+    "profile": ("hetero.predictor.profile", "microbenchmark a device (GEMMs, bandwidth, layers, gloo) for calibration"),
+    "plan": ("hetero.autoparallel.cli", "search the fastest data/tensor/pipeline plan for a mixed cluster"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``hetero`` console script."""
+    """Entry point of the ``hetero`` console script. Only the chosen sub-command's module is imported."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="hetero", description="heterogeneous-cluster training runtime")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     modules = {}
     for name, (modname, helptext) in SUBCOMMANDS.items():
-        mod = importlib.import_module(modname)
-        modules[name] = mod
-        mod.add_arguments(sub.add_parser(name, help=helptext, description=(mod.__doc__ or "").split("\n")[0]))
+        p = sub.add_parser(name, help=helptext)
+        if chosen is None or name == chosen:
+            modules[name] = importlib.import_module(modname)
+            p.description = (modules[name].__doc__ or "").split("\n")[0]
+            modules[name].add_arguments(p)
     args = parser.parse_args(argv)
     try:
         return int(modules[args.command].run(args) or 0)

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from hetero.autoparallel.roles import RolePlan
 from hetero.config import ConfigError, build, check, load_yaml, to_dict
 
 PLAN_VERSION = 1
@@ -129,6 +130,8 @@ class Plan:
     """The predictor's figures for this plan."""
     meta: dict[str, Any] = field(default_factory=dict)
     """Free-form provenance (planner version, search time, ...)."""
+    roles: RolePlan | None = None
+    """RL roles (env / rollout / actor ranks, placement mode, k); None for plain training plans."""
 
     def __post_init__(self):
         check(self.version == PLAN_VERSION, "version", f"unsupported plan version {self.version} (this hetero reads {PLAN_VERSION})")
@@ -219,6 +222,24 @@ class Plan:
                     check(r < len(rank_types), f"stages[{i}].ranks", f"rank {r} is outside the cluster ({len(rank_types)} devices)")
                     check(rank_types[r] == s.device_type, f"stages[{i}].device_type",
                           f"is {s.device_type!r} but rank {r} is a {rank_types[r]!r}")
+        return self
+
+    def validate_memory(self, capacity: dict[str, int], rank_memory: dict[int, int] | None = None) -> Plan:
+        """Check that every rank's predicted memory (``rank_memory``, else ``predicted.rank_memory_bytes``) fits
+        the capacity of its stage's device type (``capacity``: bytes by type id); raise ConfigError naming the
+        first stage that does not fit. Returns self."""
+        mem = rank_memory if rank_memory is not None else (self.predicted.rank_memory_bytes if self.predicted else None)
+        check(mem is not None, "predicted.rank_memory_bytes",
+              "no per-rank memory to check (predict the plan first, e.g. `hetero predict`)")
+        for i, s in enumerate(self.stages):
+            check(s.device_type in capacity, f"stages[{i}].device_type",
+                  f"{s.device_type!r} is not a device type of this cluster ({', '.join(capacity)})")
+            cap = capacity[s.device_type]
+            need, worst = max((mem.get(r, 0), r) for r in s.ranks)
+            check(need <= cap, f"stages[{i}]",
+                  f"stage on {len(s.ranks)}×{s.device_type} (layers {s.layers[0]}-{s.layers[1] - 1}, tp {s.tp}, "
+                  f"dp {s.dp}, recompute {'on' if s.recompute else 'off'}) needs {need / 2**30:.1f} GiB on rank "
+                  f"{worst} but the device has {cap / 2**30:.1f} GiB")
         return self
 
     # -- serialisation

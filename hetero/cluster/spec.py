@@ -24,6 +24,7 @@ Units inside the objects are SI: bytes, bytes/s, FLOP/s, seconds. YAML uses the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -321,15 +322,28 @@ class Cluster:
 
     def devices(self) -> list[tuple[int, Node, int]]:
         """``(rank, node, local_index)`` for every device in rank order."""
+        return list(self._devices)
+
+    @functools.cached_property
+    def _devices(self) -> tuple[tuple[int, Node, int], ...]:
+        # computed once per Cluster (frozen, so it cannot change); the planner and predictor call devices() often
         out, r = [], 0
         for n in self.nodes:
             for k in range(n.count):
                 out.append((r, n, k))
                 r += 1
-        return out
+        return tuple(out)
+
+    @functools.cached_property
+    def _node_index(self) -> dict[str, Node]:
+        return {n.name: n for n in self.nodes}
 
     def device_types(self) -> dict[str, DeviceType]:
         """Distinct device types by id, in order of first appearance."""
+        return dict(self._device_types)
+
+    @functools.cached_property
+    def _device_types(self) -> dict[str, DeviceType]:
         out: dict[str, DeviceType] = {}
         for n in self.nodes:
             out.setdefault(n.device_type.id, n.device_type)
@@ -344,20 +358,22 @@ class Cluster:
 
     def rank_types(self) -> list[str]:
         """Device type id of each rank."""
-        return [n.device_type.id for _, n, _ in self.devices()]
+        return [n.device_type.id for _, n, _ in self._devices]
 
     def node(self, name: str) -> Node:
         """The node called ``name``."""
-        for n in self.nodes:
-            if n.name == name:
-                return n
-        raise KeyError(f"no node named {name!r}")
+        n = self._node_index.get(name)
+        if n is None:
+            raise KeyError(f"no node named {name!r}")
+        return n
 
     def link(self, a: str, b: str) -> Link:
         """The link between nodes ``a`` and ``b`` (the intra-node link when a == b)."""
         if a == b:
             return self.node(a).intra_link
-        return self.pair_links.get(tuple(sorted((a, b))), self.network)
+        if not self.pair_links:
+            return self.network
+        return self.pair_links.get((a, b) if a < b else (b, a), self.network)
 
     def subset(self, type_id: str) -> Cluster:
         """The homogeneous sub-cluster of the nodes of one device type."""

@@ -96,7 +96,10 @@ def group_link(cluster: Cluster, ranks: Sequence[int]) -> Link:
             nodes.append(n)
     if len(nodes) == 1:
         return nodes[0].intra_link
-    links = [cluster.link(a.name, b.name) for i, a in enumerate(nodes) for b in nodes[i + 1:]]
+    if cluster.pair_links:
+        links = [cluster.link(a.name, b.name) for i, a in enumerate(nodes) for b in nodes[i + 1:]]
+    else:  # every pair of distinct nodes uses the default network
+        links = [cluster.network]
     intra = [n.intra_link for n in nodes]
     bw = min(min(lk.bandwidth for lk in links), min(lk.bandwidth for lk in intra))
     lat = max(lk.latency for lk in links)

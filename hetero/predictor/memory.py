@@ -10,7 +10,8 @@ Model state per parameter (AdamW, Adam moments in fp32):
 Activations: a micro-batch's activations stay alive from its forward to its backward. Under GPipe a stage holds
 all m micro-batches; under 1F1B stage s of p holds min(p - s, m); under interleaved 1F1B with v chunks it holds
 min(m v, 2 (p - s - 1) + (v - 1) p + 1) chunk-sized pieces (1/v of the stage each). With recomputation only each
-layer's input is kept, plus one layer's full activations while its backward recomputes it.
+layer's input is kept, plus one layer's full activations while its backward recomputes it. Either way the
+backward of the largest layer briefly holds gradient buffers of about its saved size (a transient workspace).
 
     python -c "from hetero.models.spec import ModelSpec; from hetero.predictor.memory import stage_memory; \
 print(stage_memory(ModelSpec.preset('gpt2-small'), (0, 14), mbs=8, pp=1, stage_index=0, num_microbatches=1))"
@@ -78,7 +79,10 @@ def stage_memory(model: ModelSpec, layers: tuple[int, int], *, mbs: int, pp: int
         worst = max((layer.act_saved_bytes for layer in span), default=0.0) * scale * mbs / tp
         per_mb, extra = kept, worst
     else:
-        per_mb, extra = sum(layer.act_saved_bytes for layer in span) * scale * mbs / tp, 0.0
+        # backward of a layer allocates gradient buffers about the size of what it saved (for the LM head: the
+        # logits' gradient beside the logits), on top of everything in flight
+        per_mb = sum(layer.act_saved_bytes for layer in span) * scale * mbs / tp
+        extra = max((layer.act_saved_bytes for layer in span), default=0.0) * scale * mbs / tp
     n = in_flight(schedule, pp=pp, stage_index=stage_index, num_microbatches=num_microbatches,
                   virtual_stages=virtual_stages)
     # p2p buffers: one activation in and one gradient out per in-flight boundary tensor

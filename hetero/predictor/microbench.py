@@ -51,7 +51,8 @@ class ProfileConfig:
     device: str = "cpu"
     """Device kind to profile: cpu or cuda."""
     device_id: str | None = None
-    """Device type id written into the profile (default: ``cpu`` / the catalog id of the GPU)."""
+    """Device type id written into the profile (default: the id ``hetero discover`` gives this CPU / the catalog
+    id of the GPU)."""
     threads: int = 1
     """torch intra-op threads on CPU (1 = one thread per rank, as the training benchmarks run)."""
     quick: bool = False
@@ -60,6 +61,9 @@ class ProfileConfig:
     """Measure gloo collectives between 2 local processes (CPU only)."""
     dtypes: tuple[str, ...] = ("fp32", "bf16")
     """GEMM dtypes."""
+    cpu_time: bool = True
+    """On CPU, time compute with thread-CPU seconds (equal to wall time on an idle machine; not inflated by other
+    processes on a shared one). Collectives are always timed in wall seconds."""
     layer_dtype: str = "fp32"
     """dtype of the layer timings."""
     min_time_s: float = 0.03
@@ -82,18 +86,26 @@ def _timer(device: str) -> Callable[[], None]:
     return torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
 
-def time_fn(fn: Callable[[], object], *, sync: Callable[[], None], min_time: float, max_reps: int = 50) -> float:
-    """Median seconds of ``fn`` after one warm-up call, repeated until ``min_time`` has passed (3..max_reps)."""
+def time_fn(fn: Callable[[], object], *, sync: Callable[[], None], min_time: float, max_reps: int = 50,
+            clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median seconds of ``fn`` (read on ``clock``) after one warm-up call, repeated until ``min_time`` wall
+    seconds have passed (3..max_reps)."""
     fn()
     sync()
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         sync()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
+
+
+def clock_for(device: str, cpu_time: bool) -> Callable[[], float]:
+    """The clock compute timings use: thread-CPU seconds on CPU when ``cpu_time`` (what the work costs on an
+    idle core, not inflated by other processes on a shared machine), else wall seconds."""
+    return time.thread_time if device == "cpu" and cpu_time else time.perf_counter
 
 
 def gemm_grid(quick: bool) -> list[tuple[int, int, int]]:
@@ -137,13 +149,15 @@ def _gemm_records(cfg: ProfileConfig, advance) -> list[GemmRecord]:
         for m, n, k in gemm_grid(cfg.quick):
             a = torch.randn(m, k, dtype=td, device=cfg.device)
             b = torch.randn(k, n, dtype=td, device=cfg.device)
-            secs = time_fn(lambda a=a, b=b: torch.mm(a, b), sync=sync, min_time=cfg.min_time_s)
+            secs = time_fn(lambda a=a, b=b: torch.mm(a, b), sync=sync, min_time=cfg.min_time_s,
+                           clock=clock_for(cfg.device, cfg.cpu_time))
             out.append(GemmRecord(m=m, n=n, k=k, dtype=dtype, seconds=secs))
             advance()
     return out
 
 
-def measure_bandwidth(device: str = "cpu", *, nbytes: int = 64 * 2**20, reps: int = 8) -> float:
+def measure_bandwidth(device: str = "cpu", *, nbytes: int = 64 * 2**20, reps: int = 8,
+                      clock: Callable[[], float] = time.perf_counter) -> float:
     """Best copy bandwidth (bytes read + written per second) of a ``nbytes`` tensor."""
     import torch
 
@@ -154,10 +168,10 @@ def measure_bandwidth(device: str = "cpu", *, nbytes: int = 64 * 2**20, reps: in
     sync()
     best = float("inf")
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         y.copy_(x)
         sync()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
     return 2 * nbytes / best
 
 
@@ -168,13 +182,14 @@ def _layer_shape(d: dict) -> dict:
                 seq=int(d["seq"]), mbs=int(d["mbs"]), vocab=int(d.get("vocab") or 0))
 
 
-def time_layer(shape: dict, *, device: str = "cpu", dtype: str = "fp32", min_time: float = 0.03) -> LayerRecord:
+def time_layer(shape: dict, *, device: str = "cpu", dtype: str = "fp32", min_time: float = 0.03,
+               clock: Callable[[], float] = time.perf_counter) -> LayerRecord:
     """Forward and backward seconds of one reference-GPT layer (``kind`` transformer: a block; head: final norm +
     LM head + cross-entropy loss) for one micro-batch, with parameter gradients accumulating as in training."""
     import torch
 
-    from hetero.models.gpt import GPTConfig, Head, lm_loss
     from hetero.models.gpt import Block as GPTBlock
+    from hetero.models.gpt import GPTConfig, Head, lm_loss
     from hetero.models.spec import ModelSpec
 
     sh = _layer_shape(shape)
@@ -214,13 +229,13 @@ def time_layer(shape: dict, *, device: str = "cpu", dtype: str = "fp32", min_tim
     start = time.perf_counter()
     while len(fs) < 3 or (time.perf_counter() - start < 2 * min_time and len(fs) < 30):
         sync()
-        t0 = time.perf_counter()
+        t0 = clock()
         y = fwd()
         sync()
-        t1 = time.perf_counter()
+        t1 = clock()
         y.backward(grad_of(y))
         sync()
-        t2 = time.perf_counter()
+        t2 = clock()
         fs.append(t1 - t0)
         bs.append(t2 - t1)
     return LayerRecord(kind=kind, dtype=dtype, hidden=sh["hidden"], ffn=sh["ffn"] if kind == "transformer" else 0,
@@ -229,7 +244,8 @@ def time_layer(shape: dict, *, device: str = "cpu", dtype: str = "fp32", min_tim
                        fwd_s=statistics.median(fs), bwd_s=statistics.median(bs))
 
 
-def time_adamw(hidden: int, blocks: int, *, device: str = "cpu", min_time: float = 0.03) -> OptimizerRecord:
+def time_adamw(hidden: int, blocks: int, *, device: str = "cpu", min_time: float = 0.03,
+               clock: Callable[[], float] = time.perf_counter) -> OptimizerRecord:
     """Seconds of one ``torch.optim.AdamW`` step over ``blocks`` transformer blocks' parameters of width
     ``hidden`` (default per-tensor implementation on CPU), gradients present."""
     import torch
@@ -240,7 +256,7 @@ def time_adamw(hidden: int, blocks: int, *, device: str = "cpu", min_time: float
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
     opt = torch.optim.AdamW(params, lr=1e-4)
-    secs = time_fn(opt.step, sync=_timer(device), min_time=min_time)
+    secs = time_fn(opt.step, sync=_timer(device), min_time=min_time, clock=clock)
     return OptimizerRecord(params=sum(p.numel() for p in params), seconds=secs)
 
 
@@ -251,12 +267,13 @@ def _free_port() -> int:
 
 
 def run_collectives(sizes: list[int], *, world_size: int = 2, timeout: float = 60.0, min_time: float = 0.03
-                    ) -> tuple[list[CollectiveRecord], int]:
-    """Time gloo collectives between ``world_size`` local processes; (records, max resident bytes after init)."""
+                    ) -> tuple[list[CollectiveRecord], int, int]:
+    """Time gloo collectives between ``world_size`` local processes; (records, max resident bytes after init,
+    rank 0's runtime memory growth in its first training steps beyond tensors)."""
     port = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         outs = [os.path.join(tmp, f"rank{r}.json") for r in range(world_size)]
-        env = dict(os.environ, OMP_NUM_THREADS="1")
+        env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="131072")
         procs = [subprocess.Popen([sys.executable, "-m", "hetero.predictor.microbench", "worker", "--rank", str(r),
                                    "--world", str(world_size), "--port", str(port), "--out", outs[r],
                                    "--sizes", ",".join(map(str, sizes)), "--min-time", str(min_time)], env=env)
@@ -276,7 +293,7 @@ def run_collectives(sizes: list[int], *, world_size: int = 2, timeout: float = 6
                     p.wait()
         results = [json.loads(open(o).read()) for o in outs]
     recs = [CollectiveRecord(**r) for r in results[0]["records"]]
-    return recs, max(int(r["rss_after_init"]) for r in results)
+    return recs, max(int(r["rss_after_init"]) for r in results), int(results[0]["runtime_bytes"])
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -335,11 +352,41 @@ def _worker(args: argparse.Namespace) -> int:
             if op == "send_recv":
                 secs /= 2
             recs.append(dict(op=op, world_size=w, nbytes=x.numel() * 4, seconds=secs))
+    runtime = _runtime_growth() if r == 0 else 0
     with open(args.out, "w") as f:
-        json.dump({"records": recs, "rss_after_init": rss}, f)
+        json.dump({"records": recs, "rss_after_init": rss, "runtime_bytes": runtime}, f)
     dist.barrier()
     dist.destroy_process_group()
     return 0
+
+
+def _anon_rss() -> int:
+    with open("/proc/self/statm") as f:
+        fields = f.read().split()
+    return (int(fields[1]) - int(fields[2])) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _runtime_growth() -> int:
+    """Anonymous resident bytes a rank gains in its first training steps beyond its tensors: autograd engine,
+    allocator heap, thread-local buffers. Trains a tiny reference-GPT block + head with AdamW for 3 steps and
+    subtracts its persistent tensors (weights, gradients, two AdamW moments: 16 B per parameter). The process
+    runs with ``MALLOC_MMAP_THRESHOLD_`` set, so freed tensors leave the resident set."""
+    import torch
+    import torch.distributed.pipelining  # noqa: F401  (imported by training ranks before their baseline too)
+
+    from hetero.models.gpt import Block, GPTConfig, Head, lm_loss
+
+    before = _anon_rss()
+    c = GPTConfig(vocab=256, hidden=64, heads=2, num_layers=1, seq_len=32)
+    net = torch.nn.Sequential(Block(c), Head(c))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    x = torch.randn(2, 32, 64)
+    tgt = torch.randint(0, 256, (2, 32))
+    for _ in range(3):
+        lm_loss(net(x), tgt).backward()
+        opt.step()
+    params = sum(p.numel() for p in net.parameters())
+    return max(_anon_rss() - before - 16 * params, 0)
 
 
 def profile_device(cfg: ProfileConfig, *, progress: bool = True) -> DeviceProfile:
@@ -372,22 +419,25 @@ def profile_device(cfg: ProfileConfig, *, progress: bool = True) -> DeviceProfil
         try:
             gemm_recs = _gemm_records(cfg, advance)
             bar.update(task, description="bandwidth")
-            bw = measure_bandwidth(cfg.device)
+            clock = clock_for(cfg.device, cfg.cpu_time)
+            bw = measure_bandwidth(cfg.device, clock=clock)
             advance("layers")
             layer_recs = []
+            w0, c0 = time.perf_counter(), time.thread_time()
             for shape in layers:
                 layer_recs.append(time_layer(shape, device=cfg.device, dtype=cfg.layer_dtype,
-                                             min_time=cfg.min_time_s))
+                                             min_time=cfg.min_time_s, clock=clock))
                 advance()
+            contention = (time.perf_counter() - w0) / max(time.thread_time() - c0, 1e-9)
             bar.update(task, description="AdamW")
             opt_recs = []
             for h, nb in adam:
-                opt_recs.append(time_adamw(h, nb, device=cfg.device, min_time=cfg.min_time_s))
+                opt_recs.append(time_adamw(h, nb, device=cfg.device, min_time=cfg.min_time_s, clock=clock))
                 advance()
-            coll, rss = [], 0
+            coll, rss, runtime = [], 0, 0
             if do_coll:
                 bar.update(task, description="gloo collectives")
-                coll, rss = run_collectives(sizes)
+                coll, rss, runtime = run_collectives(sizes)
                 advance("done")
         finally:
             torch.set_num_threads(old_threads)
@@ -401,13 +451,25 @@ def profile_device(cfg: ProfileConfig, *, progress: bool = True) -> DeviceProfil
     else:
         desc = f"{cpu_model_name()} ({cfg.threads} thread{'s' if cfg.threads > 1 else ''})"
     alpha, beta_inv = fit_link(coll)
-    dev_id = cfg.device_id or ("cpu" if cfg.device == "cpu" else _gpu_id(desc))
+    dev_id = cfg.device_id or (_cpu_id() if cfg.device == "cpu" else _gpu_id(desc))
     prof = DeviceProfile(device=dev_id, description=desc, torch_version=torch.__version__, threads=cfg.threads,
                          peak_flops=peaks, memory_bandwidth=bw, memory_overhead_bytes=int(max(rss, 0)),
+                         memory_runtime_bytes=runtime,
                          gemms=gemm_recs, layers=layer_recs, optimizer=opt_recs, collectives=coll,
-                         link_latency_s=alpha, link_bandwidth=beta_inv)
+                         link_latency_s=alpha, link_bandwidth=beta_inv,
+                         contention=contention if cfg.device == "cpu" else 1.0,
+                         clock="thread_cpu" if cfg.device == "cpu" and cfg.cpu_time else "wall")
     prof.calibration = summarize(prof)
     return prof
+
+
+def _cpu_id() -> str:
+    """The CPU's device type id as ``hetero discover`` writes it (so ``hetero predict --profile`` matches it)."""
+    import re
+
+    from hetero.cluster.discover import cpu_model_name
+
+    return "cpu-" + re.sub(r"[^a-z0-9]+", "-", cpu_model_name().lower()).strip("-")[:40]
 
 
 def _gpu_id(name: str) -> str:

@@ -93,17 +93,24 @@ def predict_detailed(cluster: Cluster, model: ModelSpec, plan: Plan, *, profiles
     sims: list[Simulation] = []
     per_stage_f: list[list[float]] = [[] for _ in range(p)]
     per_stage_b: list[list[float]] = [[] for _ in range(p)]
+    times: dict[int, list[tuple[float, float]]] = {}  # replicas with the same micro-batch size cost the same
+    memo: dict[tuple, Simulation] = {}
     for d in range(plan.dp):
         mbs = plan.micro_batch_size(d)
-        fb = [stage_times(model, plan, cluster, s, mbs, profiles) for s in range(p)]
+        if mbs not in times:
+            times[mbs] = [stage_times(model, plan, cluster, s, mbs, profiles) for s in range(p)]
+        fb = times[mbs]
         p2p = []
         for s in range(p - 1):
             a, b = plan.stages[s], plan.stages[s + 1]
             nbytes = model.layers[a.layers[1] - 1].act_out_bytes * scale * mbs
             link = comm.group_link(cluster, [a.rank(d, 0), b.rank(d, 0)])
             p2p.append(comm.p2p_time(nbytes, link))
-        sims.append(simulate([x[0] for x in fb], [x[1] for x in fb], m, schedule=plan.schedule, p2p=p2p,
-                             virtual_stages=plan.virtual_stages, keep_blocks=keep_blocks))
+        key = (mbs, tuple(p2p))
+        if key not in memo or keep_blocks:
+            memo[key] = simulate([x[0] for x in fb], [x[1] for x in fb], m, schedule=plan.schedule, p2p=p2p,
+                                 virtual_stages=plan.virtual_stages, keep_blocks=keep_blocks)
+        sims.append(memo[key])
         for s in range(p):
             per_stage_f[s].append(fb[s][0])
             per_stage_b[s].append(fb[s][1])
@@ -121,7 +128,7 @@ def predict_detailed(cluster: Cluster, model: ModelSpec, plan: Plan, *, profiles
         opt = optimizer_step_time(params, dev, profile=prof)
         done = max(sim.finish[s] for sim in sims)
         step = max(step, done + ar + opt)
-        overhead = float(getattr(prof, "memory_overhead_bytes", 0) or 0)
+        overhead = float(getattr(prof, "memory_overhead_bytes", 0) or 0) + float(getattr(prof, "memory_runtime_bytes", 0) or 0)
         mems = []
         for d in range(st.dp):
             mem = stage_memory(model, st.layers, mbs=plan.micro_batch_size(d), pp=p, stage_index=s,

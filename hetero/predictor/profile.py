@@ -137,6 +137,9 @@ class DeviceProfile:
     """Measured memory bandwidth, bytes/s (large copy: read + write)."""
     memory_overhead_bytes: int = 0
     """Runtime baseline per rank: Python + torch RSS on CPU, CUDA context + allocator on GPU."""
+    memory_runtime_bytes: int = 0
+    """Resident memory a rank gains in its first training steps beyond its tensors (autograd engine, allocator
+    heap, backend buffers); a memory model adds it to ``memory_overhead_bytes``."""
     gemms: list[GemmRecord] = field(default_factory=list)
     """GEMM timings over the grid."""
     layers: list[LayerRecord] = field(default_factory=list)
@@ -149,6 +152,12 @@ class DeviceProfile:
     """Alpha of the alpha-beta fit to the point-to-point timings, seconds (0 if not measured)."""
     link_bandwidth: float = 0.0
     """Beta^-1 of that fit, bytes/s (0 if not measured)."""
+    clock: str = "wall"
+    """Clock of the compute timings: ``wall`` or ``thread_cpu`` (CPU profiles: thread-CPU seconds, i.e. the cost on
+    an idle core)."""
+    contention: float = 1.0
+    """Wall / thread-CPU seconds during the layer measurements (CPU): 1 on an idle machine, > 1 when other
+    processes competed for the cores while profiling (shared machines)."""
     calibration: dict[str, Any] = field(default_factory=dict)
     """Fit quality of the efficiency regressors (filled by ``summarize``; informational)."""
 
@@ -160,6 +169,9 @@ class DeviceProfile:
             check(v > 0, f"peak_flops.{k}", "must be > 0")
         check(self.memory_bandwidth > 0, "memory_bandwidth", "must be > 0")
         check(self.memory_overhead_bytes >= 0, "memory_overhead_bytes", "must be >= 0")
+        check(self.memory_runtime_bytes >= 0, "memory_runtime_bytes", "must be >= 0")
+        check(self.contention > 0, "contention", "must be > 0")
+        check(self.clock in ("wall", "thread_cpu"), "clock", f"must be wall or thread_cpu, got {self.clock!r}")
 
     # -- fitted models (rebuilt from the records, cached on the instance)
     @functools.cached_property
@@ -220,11 +232,13 @@ class DeviceProfile:
             device=device, description=f"{self.description} (scaled x{scale:g})", torch_version=self.torch_version,
             threads=self.threads, peak_flops={k: v * scale for k, v in self.peak_flops.items()},
             memory_bandwidth=self.memory_bandwidth * scale, memory_overhead_bytes=self.memory_overhead_bytes,
+            memory_runtime_bytes=self.memory_runtime_bytes,
             gemms=[dataclasses.replace(g, seconds=g.seconds / scale) for g in self.gemms],
             layers=[dataclasses.replace(r, fwd_s=r.fwd_s / scale, bwd_s=r.bwd_s / scale) for r in self.layers],
             optimizer=[dataclasses.replace(o, seconds=o.seconds / scale) for o in self.optimizer],
             collectives=list(self.collectives), link_latency_s=self.link_latency_s,
-            link_bandwidth=self.link_bandwidth, calibration=dict(self.calibration))
+            link_bandwidth=self.link_bandwidth, clock=self.clock, contention=self.contention,
+            calibration=dict(self.calibration))
 
     # -- JSON
     def to_dict(self) -> dict:
@@ -260,18 +274,31 @@ class DeviceProfile:
 
 
 def fit_link(records: list[CollectiveRecord]) -> tuple[float, float]:
-    """(latency seconds, bandwidth bytes/s) from a least-squares line t = alpha + nbytes / B through the
-    ``send_recv`` records; (0, 0) when there are fewer than two sizes."""
-    rs = [r for r in records if r.op == "send_recv"]
-    if len({r.nbytes for r in rs}) < 2:
+    """(latency alpha in seconds, bandwidth B in bytes/s) of the alpha-beta link that best explains the
+    ``send_recv`` (alpha + S/B) and ring ``all_reduce`` (2(n-1) alpha + 2(n-1)/n S/B) records, by least squares on
+    relative error; (0, 0) when fewer than two message sizes were measured."""
+    import numpy as np
+
+    rows, ys = [], []
+    for r in records:
+        n = r.world_size
+        if r.op == "send_recv":
+            rows.append((1.0, float(r.nbytes)))
+        elif r.op == "all_reduce" and n > 1:
+            rows.append((2.0 * (n - 1), 2.0 * (n - 1) / n * r.nbytes))
+        else:
+            continue
+        ys.append(r.seconds)
+    if len({b for _, b in rows}) < 2:
         return 0.0, 0.0
-    n = len(rs)
-    xs, ys = [float(r.nbytes) for r in rs], [r.seconds for r in rs]
-    mx, my = sum(xs) / n, sum(ys) / n
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-    slope = max(slope, 1e-15)
-    alpha = max(my - slope * mx, 0.0)
-    return alpha, 1.0 / slope
+    a = np.array(rows) / np.array(ys)[:, None]  # divide each equation by its time: relative error
+    sol, *_ = np.linalg.lstsq(a, np.ones(len(ys)), rcond=None)
+    alpha, inv_b = float(sol[0]), float(sol[1])
+    if inv_b <= 0:  # degenerate (noise): bandwidth from the largest message alone
+        big = max(range(len(ys)), key=lambda i: rows[i][1])
+        inv_b = ys[big] / rows[big][1]
+        alpha = 0.0
+    return max(alpha, 0.0), 1.0 / inv_b
 
 
 def summarize(profile: DeviceProfile) -> dict[str, Any]:

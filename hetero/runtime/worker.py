@@ -1,0 +1,109 @@
+"""The process ``hetero-run`` starts for each rank: add the rank's device assignment to its environment, then run
+the user's script (or module) as ``__main__``, recording any failure for the launcher's report.
+
+From torchrun's RANK / LOCAL_RANK / LOCAL_WORLD_SIZE and the plan (HETERO_PLAN) and cluster (HETERO_CLUSTER) it
+sets: HETERO_DEVICE_TYPE, HETERO_DEVICE (``cuda:<i>`` numbering only this host's ranks of that device kind,
+``cpu``), HETERO_STAGE, HETERO_DP_INDEX, HETERO_TP_INDEX, HETERO_NODE, and with HETERO_EMULATE=1 on CPU ranks
+HETERO_SLOWDOWN (the rank type's speed relative to the cluster's fastest type; tests and benchmarks only;
+HETERO_SLOWDOWN_BY_RANK="1,2" gives it per rank instead).
+
+    python -m hetero.runtime.worker [-m] script.py args...      # normally started by hetero-run, not by hand
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+
+from hetero.config import ConfigError
+
+
+def _type_device(type_id: str, cluster) -> str:
+    """torch device kind (cuda, cpu, ...) of a device type id."""
+    if cluster is not None and type_id in cluster.device_types():
+        return cluster.device_types()[type_id].torch_device
+    try:
+        from hetero.cluster.catalog import resolve
+
+        return resolve(type_id, "device_type").torch_device
+    except (ConfigError, KeyError, ImportError):
+        return "cpu"
+
+
+def assignment(env: dict[str, str]) -> dict[str, str]:
+    """The HETERO_* variables of the rank described by ``env`` (torchrun variables + HETERO_PLAN/CLUSTER)."""
+    rank, local_rank = int(env["RANK"]), int(env.get("LOCAL_RANK", 0))
+    plan = cluster = None
+    if env.get("HETERO_CLUSTER"):
+        from hetero.cluster.spec import Cluster
+
+        cluster = Cluster.from_yaml(env["HETERO_CLUSTER"])
+    out: dict[str, str] = {}
+    rank_type: dict[int, str] = {}
+    if env.get("HETERO_PLAN"):
+        from hetero.autoparallel.plan import Plan
+
+        plan = Plan.from_file(env["HETERO_PLAN"])
+        rmap = plan.rank_map()
+        if rank not in rmap:
+            raise ConfigError("stages", f"rank {rank} is in no stage of the plan {env['HETERO_PLAN']} "
+                                        f"(the plan covers {plan.world_size} ranks)")
+        s, d, t = rmap[rank]
+        out.update(HETERO_STAGE=str(s), HETERO_DP_INDEX=str(d), HETERO_TP_INDEX=str(t))
+        rank_type = {r: plan.stages[si].device_type for r, (si, _, _) in rmap.items()}
+    if cluster is not None:
+        types = cluster.rank_types()
+        if rank >= len(types):
+            raise ConfigError("nodes", f"rank {rank} is outside the cluster ({len(types)} devices)")
+        rank_type = dict(enumerate(types))
+        out["HETERO_NODE"] = cluster.devices()[rank][1].name
+    by_rank = env.get("HETERO_SLOWDOWN_BY_RANK")  # emulation knob for tests/benchmarks: "1,2,3" = rank 0, 1, 2
+    if by_rank and "HETERO_SLOWDOWN" not in env:
+        vals = by_rank.split(",")
+        if rank >= len(vals):
+            raise ConfigError("HETERO_SLOWDOWN_BY_RANK", f"has {len(vals)} entries but this is rank {rank}")
+        out["HETERO_SLOWDOWN"] = vals[rank]
+    if rank in rank_type:
+        my_type = rank_type[rank]
+        kind = _type_device(my_type, cluster)
+        out["HETERO_DEVICE_TYPE"] = my_type
+        if kind == "cpu":
+            out["HETERO_DEVICE"] = "cpu"
+        else:  # index among this host's ranks of the same device kind (local ranks are contiguous)
+            first = rank - local_rank
+            idx = sum(1 for r in range(first, rank) if _type_device(rank_type.get(r, ""), cluster) == kind)
+            out["HETERO_DEVICE"] = f"{kind}:{idx}"
+        if env.get("HETERO_EMULATE") == "1" and kind == "cpu" and cluster is not None and "HETERO_SLOWDOWN" not in env:
+            from hetero.runtime.emulate import Emulator  # tests/benchmarks only
+
+            out["HETERO_SLOWDOWN"] = f"{Emulator.from_cluster(cluster, rank).slowdown:.6g}"
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Set the rank's assignment, then run ``argv`` (``[-m] target args...``) as ``__main__``."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    module = bool(argv) and argv[0] == "-m"
+    if module:
+        argv = argv[1:]
+    if not argv:
+        raise SystemExit("usage: python -m hetero.runtime.worker [-m] script.py args...")
+
+    @record
+    def _run():
+        os.environ.update(assignment(dict(os.environ)))
+        sys.argv = list(argv)
+        if module:
+            runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+        else:
+            sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))
+            runpy.run_path(argv[0], run_name="__main__")
+
+    _run()
+
+
+if __name__ == "__main__":
+    main()

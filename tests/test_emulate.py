@@ -1,0 +1,84 @@
+"""The slow-device emulator (tests/benchmarks only): padding, environment and cluster-derived slowdowns.
+
+    python -m pytest -q tests/test_emulate.py
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from hetero.cluster.spec import Cluster
+from hetero.config import ConfigError
+from hetero.runtime.emulate import Emulator
+
+
+def _busy(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_compute_pads_to_slowdown():
+    emu = Emulator(slowdown=3.0)
+    t0 = time.perf_counter()
+    with emu.compute():
+        _busy(0.02)
+    total = time.perf_counter() - t0
+    assert emu.compute_s == pytest.approx(0.02, abs=0.01)
+    # sleep never returns early; on a loaded machine it may overshoot by a few scheduler ticks
+    assert 2 * emu.compute_s - 1e-3 <= emu.padded_s <= 2 * emu.compute_s + 0.03
+    assert 3 * emu.compute_s - 1e-3 <= total <= 3 * emu.compute_s + 0.04
+    assert emu.duty_cycle == pytest.approx(1 / 3)
+
+
+def test_pad_returns_padded_time_and_no_pad_at_one():
+    emu = Emulator(slowdown=2.0)
+    got = emu.pad(0.01)
+    assert 0.02 - 1e-3 <= got <= 0.02 + 0.03
+    one = Emulator(slowdown=1)
+    t0 = time.perf_counter()
+    assert one.pad(0.5) == 0.5
+    assert time.perf_counter() - t0 < 0.05 and not one.enabled
+    with pytest.raises(ValueError):
+        emu.pad(-1.0)
+
+
+def test_invalid_slowdown():
+    with pytest.raises(ConfigError, match="slowdown"):
+        Emulator(slowdown=0.5)
+
+
+def test_from_env(monkeypatch):
+    monkeypatch.delenv("HETERO_SLOWDOWN", raising=False)
+    assert Emulator.from_env().slowdown == 1.0
+    monkeypatch.setenv("HETERO_SLOWDOWN", "2.5")
+    assert Emulator.from_env().slowdown == 2.5
+    monkeypatch.setenv("HETERO_SLOWDOWN", "fast")
+    with pytest.raises(ConfigError, match="HETERO_SLOWDOWN"):
+        Emulator.from_env()
+
+
+def _cluster() -> Cluster:
+    return Cluster.from_dict({
+        "device_types": [{"id": "fast", "like": "cpu"}, {"id": "half", "like": "cpu", "scale": 0.5},
+                         {"id": "third", "like": "cpu", "scale": 1 / 3}],
+        "nodes": [{"name": "a", "devices": {"type": "fast", "count": 1}},
+                  {"name": "b", "devices": {"type": "half", "count": 2}},
+                  {"name": "c", "devices": {"type": "third", "count": 1}}],
+        "network": {"bandwidth_gbps": 10}})
+
+
+def test_from_cluster_ratios():
+    c = _cluster()
+    assert Emulator.from_cluster(c, 0).slowdown == pytest.approx(1.0)
+    assert Emulator.from_cluster(c, 1).slowdown == pytest.approx(2.0)
+    assert Emulator.from_cluster(c, 3).slowdown == pytest.approx(3.0)
+    assert Emulator.from_cluster(c, 3, reference="half").slowdown == pytest.approx(1.5)
+    with pytest.raises(ConfigError, match="slower"):
+        Emulator.from_cluster(c, 0, reference="third")
+    with pytest.raises(ConfigError, match="unknown device type"):
+        Emulator.from_cluster(c, 0, reference="tpu")
+    with pytest.raises(ConfigError, match="rank"):
+        Emulator.from_cluster(c, 9)

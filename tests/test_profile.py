@@ -1,0 +1,135 @@
+"""DeviceProfile round trip, calibration fits and the ``hetero profile`` command.
+
+    python -m pytest -q tests/test_profile.py
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from hetero.config import ConfigError
+from hetero.predictor.calibrate import GemmEfficiency, mape
+from hetero.predictor.profile import CollectiveRecord, DeviceProfile, GemmRecord, LayerRecord, fit_link
+
+
+def _profile(**kw) -> DeviceProfile:
+    base = dict(device="cpu", peak_flops={"fp32": 1e11}, memory_bandwidth=2e10, memory_overhead_bytes=123,
+                gemms=[GemmRecord(m=64, n=64, k=64, dtype="fp32", seconds=1e-5)],
+                layers=[LayerRecord(kind="transformer", dtype="fp32", hidden=64, ffn=256, heads=2, seq=32, mbs=1,
+                                    flops_fwd=1e6, fwd_s=1e-4, bwd_s=2e-4)])
+    base.update(kw)
+    return DeviceProfile(**base)
+
+
+def test_json_round_trip(tmp_path):
+    p = _profile()
+    path = tmp_path / "p.json"
+    p.to_json(path)
+    q = DeviceProfile.from_json(path)
+    assert q.to_dict() == p.to_dict()
+    assert q.layers[0].fwd_s == 1e-4 and q.memory_overhead_bytes == 123
+
+
+def test_bad_profile_names_the_key(tmp_path):
+    data = _profile().to_dict()
+    data["gemms"][0]["m"] = "big"
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"gemms\[0\]\.m"):
+        DeviceProfile.from_json(path)
+    data = _profile().to_dict()
+    data["peak_flops"] = {"fp32": -1.0}
+    with pytest.raises(ConfigError, match="peak_flops.fp32"):
+        DeviceProfile.from_dict(data)
+    with pytest.raises(ConfigError, match="not found"):
+        DeviceProfile.from_json(tmp_path / "missing.json")
+
+
+def test_scaled_profile_is_slower():
+    p = _profile()
+    s = p.scaled(device="slow", scale=0.5)
+    assert s.device == "slow" and s.peak_flops["fp32"] == 5e10 and s.memory_bandwidth == 1e10
+    assert s.layers[0].fwd_s == pytest.approx(2e-4) and s.gemms[0].seconds == pytest.approx(2e-5)
+
+
+def test_fit_link_recovers_alpha_beta():
+    alpha, bw = 50e-6, 2e9
+    recs = [CollectiveRecord(op="send_recv", world_size=2, nbytes=n, seconds=alpha + n / bw) for n in (4096, 2**20, 2**22)]
+    recs += [CollectiveRecord(op="all_reduce", world_size=2, nbytes=n, seconds=2 * alpha + n / bw) for n in (4096, 2**22)]
+    a, b = fit_link(recs)
+    assert a == pytest.approx(alpha, rel=1e-6) and b == pytest.approx(bw, rel=1e-6)
+    assert fit_link(recs[:1]) == (0.0, 0.0)
+
+
+def _synthetic_gemms(rng):
+    """A device whose GEMM efficiency rises with the smallest dimension: eff = 0.9 * d / (d + 96)."""
+    out = []
+    for _ in range(120):
+        m, n, k = (int(2 ** rng.uniform(4, 12)) for _ in range(3))
+        eff = 0.9 * min(m, n, k) / (min(m, n, k) + 96) * rng.uniform(0.95, 1.05)
+        out.append(GemmRecord(m=m, n=n, k=k, dtype="fp32", seconds=2 * m * n * k / (eff * 1e11)))
+    return out
+
+
+def _held_out_errors(recs, peak):
+    train, test = recs[: len(recs) * 2 // 3], recs[len(recs) * 2 // 3:]
+    model = GemmEfficiency.fit(train, {"fp32": peak})
+    eff = model.efficiency("fp32", [r.m for r in test], [r.n for r in test], [r.k for r in test])
+    fitted = [2 * r.m * r.n * r.k / (e * peak) for r, e in zip(test, eff)]
+    const = float(np.median([2 * r.m * r.n * r.k / r.seconds / peak for r in train]))  # best constant prior
+    prior = [2 * r.m * r.n * r.k / (const * peak) for r in test]
+    truth = [r.seconds for r in test]
+    return mape(fitted, truth), mape(prior, truth)
+
+
+def test_calibration_beats_constant_prior_on_held_out_synthetic_shapes():
+    fitted, prior = _held_out_errors(_synthetic_gemms(np.random.default_rng(0)), 1e11)
+    assert fitted < 0.5 * prior and fitted < 15.0
+
+
+def test_calibration_beats_prior_on_this_cpu(tmp_path):
+    """Real GEMMs timed on this machine: the regressor predicts held-out shapes better than one efficiency."""
+    import torch
+
+    from hetero.predictor.microbench import time_fn
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(1)
+    recs = []
+    for _ in range(45):
+        m, n, k = (int(2 ** rng.uniform(3, 9.5)) for _ in range(3))
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        recs.append(GemmRecord(m=m, n=n, k=k, dtype="fp32",
+                               seconds=time_fn(lambda a=a, b=b: a @ b, sync=lambda: None, min_time=0.002,
+                                               clock=time.thread_time)))
+    peak = max(2 * r.m * r.n * r.k / r.seconds for r in recs)
+    fitted, prior = _held_out_errors(recs, peak)
+    assert fitted < prior
+
+
+def test_hetero_profile_cli_quick(tmp_path):
+    from hetero.cli import main
+
+    out = tmp_path / "p.json"
+    assert main(["profile", "--device", "cpu", "--quick", "--no-collectives", "--dtypes", "fp32", "-o", str(out)]) == 0
+    p = DeviceProfile.from_json(out)
+    assert p.peak_flops["fp32"] > 1e9 and p.memory_bandwidth > 1e9
+    assert {r.kind for r in p.layers} == {"transformer", "head"}
+    assert p.layer_model.has("transformer", "fp32") and p.gemm_model.has("fp32")
+    assert len(p.optimizer) >= 2 and p.optimizer_time(1e6) > 0
+
+
+def test_collectives_and_baseline():
+    from hetero.predictor.microbench import run_collectives
+
+    recs, rss, runtime = run_collectives([4096, 2**18], timeout=60, min_time=0.005)
+    assert {r.op for r in recs} == {"all_reduce", "all_gather", "broadcast", "send_recv"}
+    assert all(r.seconds > 0 for r in recs)
+    assert 50 * 2**20 < rss < 4 * 2**30  # python + torch + gloo resident after init
+    assert 0 <= runtime < 256 * 2**20
+    alpha, bw = fit_link(recs)
+    assert bw > 0

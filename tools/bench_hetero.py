@@ -1,0 +1,286 @@
+"""Heterogeneous efficiency of the runtime on emulated mixed CPU clusters (one thread per rank, hetero-run).
+
+For each mix of emulated device speeds (default: ``1,0.5`` and ``1,0.5,0.333``; CPU demand = sum of speeds, within
+the 2 cores), one rank per type, the tiny reference GPT is trained through ``hetero-run ... examples/train_gpt.py``
+and the measured throughput (global batch / median step time after warm-up: the median resists other load on a
+shared machine) is compared for:
+
+  (a) each homogeneous sub-cluster alone (one rank of that type runs the whole model)
+  (b) the naive even split over all ranks (DP, equal batch shares: what a homogeneous runtime does)
+  (c) hetero's plan: of the planner's plan (``hetero.autoparallel.search``) and the speed-proportional weighted-DP
+      plan, the one the predictor expects to be faster (chosen by prediction, not by measurement)
+
+Every configuration runs in ``--repeats`` interleaved rounds and keeps its best round (the machine is shared).
+Efficiency = (c) / sum of (a); speed-up = (c) / (b). Slower types are emulated by ``hetero.runtime.emulate`` (each
+compute block padded to slowdown x its measured time; benchmarks only). The predictor's device types are
+calibrated once from the measured fast-type run (a) (its achieved FLOP/s), then it predicts every other run;
+pred_error = |measured - predicted| / predicted step time of (c). The last line is one JSON object.
+
+    python tools/bench_hetero.py                      # ~2-4 minutes on 2 idle cores
+    python tools/bench_hetero.py --mixes 1,0.5 --steps 6 --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hetero.autoparallel.plan import Plan  # noqa: E402
+from hetero.cluster.spec import Cluster  # noqa: E402
+from hetero.models.gpt import GPTConfig  # noqa: E402
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--mixes", nargs="+", default=["1,0.5", "1,0.5,0.333"], help="comma-separated speeds per mix")
+    p.add_argument("--steps", type=int, default=10, help="training steps per run (the first --warmup are dropped)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up steps left out of the mean")
+    p.add_argument("--global-batch", type=int, default=24, help="samples per step (divisible by the DP splits)")
+    p.add_argument("--hidden", type=int, default=128, help="GPT hidden size")
+    p.add_argument("--blocks", type=int, default=4, help="GPT blocks")
+    p.add_argument("--seq-len", type=int, default=64, help="tokens per sample")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved rounds; each configuration keeps its best")
+    p.add_argument("--quick", action="store_true", help="smaller model (smoke test)")
+    p.add_argument("--out", default=None, help="also write the JSON here")
+    return p.parse_args(argv)
+
+
+def _type_id(speed: float) -> str:
+    return f"cpu-x{speed:g}"
+
+
+def cluster_dict(speeds: list[float], *, flops: float | None) -> dict:
+    """A cluster with one node (one device) per speed; ``flops`` (measured fp32 FLOP/s of the fast type) calibrates
+    the custom device types."""
+    types = []
+    for s in speeds:
+        t = {"id": _type_id(s), "like": "cpu", "scale": s}
+        if flops is not None:
+            t = {"id": _type_id(s), "like": "cpu", "peak_tflops": {"fp32": flops * s / 1e12}, "matmul_efficiency": 1.0}
+        types.append(t)
+    nodes = [{"name": f"n{i}-{_type_id(s)}", "devices": {"type": _type_id(s), "count": 1}} for i, s in enumerate(speeds)]
+    return {"name": "emulated-mix", "device_types": types, "nodes": nodes,
+            "network": {"bandwidth_gbps": 40, "latency_us": 50}}
+
+
+def plan_dict(cfg: GPTConfig, *, gb: int, stages: list[dict], m: int = 1, schedule: str = "1f1b") -> dict:
+    return {"model": cfg.name, "num_layers": cfg.num_layers + 2, "global_batch": gb, "num_microbatches": m,
+            "seq_len": cfg.seq_len, "schedule": schedule, "dtype": "fp32", "stages": stages}
+
+
+def proportional(total: int, speeds: list[float], unit: int = 1) -> list[int]:
+    """Split ``total`` (in multiples of ``unit``) proportionally to ``speeds`` by largest remainder."""
+    n = total // unit
+    raw = [n * s / sum(speeds) for s in speeds]
+    out = [max(1, int(r)) for r in raw]
+    while sum(out) > n:
+        out[out.index(max(out))] -= 1
+    for i in sorted(range(len(raw)), key=lambda k: raw[k] - out[k], reverse=True)[: n - sum(out)]:
+        out[i] += 1
+    return [x * unit for x in out]
+
+
+def run(plan: dict, cluster: dict | None, args, tmp: Path, name: str, *, env: dict | None = None) -> dict:
+    """One hetero-run of examples/train_gpt.py; returns its final JSON plus the wall time."""
+    pf, cf = tmp / f"{name}.plan.yaml", tmp / f"{name}.cluster.yaml"
+    pf.write_text(yaml.safe_dump(plan, sort_keys=False))
+    cmd = [sys.executable, "-m", "hetero.runtime.launch", "--plan", str(pf)]
+    if cluster is not None:
+        cf.write_text(yaml.safe_dump(cluster, sort_keys=False))
+        cmd += ["--cluster", str(cf), "--emulate"]
+    cmd += [str(ROOT / "examples/train_gpt.py"), "--steps", str(args.steps), "--warmup", str(args.warmup), "--quiet",
+            "--hidden", str(args.hidden), "--heads", "4", "--vocab", "256"]
+    e = {**os.environ, "OMP_NUM_THREADS": "1", "HETERO_BACKEND": os.environ.get("HETERO_BACKEND", "gloo"), **(env or {})}
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=e, cwd=ROOT, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"{name}: hetero-run failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out["wall_s"] = time.perf_counter() - t0
+    out["samples_s"] = plan["global_batch"] / out["median_step_s"]
+    return out
+
+
+def planner_plan(cluster: Cluster, cfg: GPTConfig, gb: int) -> tuple[dict | None, str]:
+    try:
+        from hetero.autoparallel.search import SearchConfig, search
+    except ImportError as e:
+        return None, f"planner not available: {e}"
+    try:
+        res = search(cluster, cfg.spec(dtype="fp32"), SearchConfig(global_batch=gb, dtype="fp32", max_tp=1,
+                                                                    schedules=["1f1b", "gpipe"]))
+        return res.best.plan.to_dict(), "hetero.autoparallel.search"
+    except Exception as e:  # report, do not hide, why the planner gave nothing
+        return None, f"planner failed: {type(e).__name__}: {e}"
+
+
+def predict_step(cluster: Cluster, cfg: GPTConfig, plan: dict) -> float | None:
+    try:
+        from hetero.predictor import predict
+    except ImportError:
+        return None
+    return predict(cluster, cfg.spec(dtype="fp32"), Plan.from_dict(plan)).step_time_s
+
+
+def _best(old: dict | None, new: dict) -> dict:
+    return new if old is None or new["samples_s"] > old["samples_s"] else old
+
+
+def bench_mix(speeds: list[float], cfg: GPTConfig, args, tmp: Path, progress) -> dict:
+    """All runs of one mix, ``args.repeats`` interleaved rounds; each configuration keeps its best round (the
+    least disturbed by other load on a shared machine)."""
+    gb = args.global_batch
+    tag = "+".join(f"{s:g}" for s in speeds)
+    n = len(speeds)
+    one = [{"layers": [0, cfg.num_layers + 2], "device_type": "cpu", "ranks": [0]}]
+    alone: dict[float, dict] = {}
+    measured: dict[str, dict] = {}
+    naive_best = None
+    candidates: dict[str, dict] = {}
+    results: dict = {"speeds": speeds}
+    naive_plan = _dp_plan(cfg, gb, speeds, [gb // n] * n)
+    for rnd in range(args.repeats):
+        # (a) each type alone: the whole model on its one device, slowed down relative to the fastest type
+        for s in speeds:
+            progress(f"{tag} round {rnd + 1}/{args.repeats}: (a) {_type_id(s)} alone")
+            alone[s] = _best(alone.get(s), run(plan_dict(cfg, gb=gb, stages=one), None, args, tmp, f"a-{tag}-{s:g}",
+                                               env={"HETERO_SLOWDOWN": f"{max(speeds) / s:.6g}"}))
+        if rnd == 0:
+            # hetero plans: the planner's (on the cluster calibrated by the first fast run) and weighted DP
+            cl0 = Cluster.from_dict(cluster_dict(speeds, flops=_flops(cfg, alone[max(speeds)])))
+            pp, results["planner"] = planner_plan(cl0, cfg, gb)
+            if pp is not None:
+                candidates["planner"] = pp
+            candidates["weighted_dp"] = _dp_plan(cfg, gb, speeds, proportional(gb, speeds))
+        cdict = cluster_dict(speeds, flops=_flops(cfg, alone[max(speeds)]))
+        for k, plan in candidates.items():
+            progress(f"{tag} round {rnd + 1}/{args.repeats}: (c) {k}")
+            measured[k] = _best(measured.get(k), _run_mixed(plan, cdict, speeds, args, tmp, f"c-{tag}-{k}"))
+        progress(f"{tag} round {rnd + 1}/{args.repeats}: (b) naive even DP")
+        naive_best = _best(naive_best, _run_mixed(naive_plan, cdict, speeds, args, tmp, f"b-{tag}"))
+    # predictions on the cluster calibrated by the best fast-alone run
+    flops = _flops(cfg, alone[max(speeds)])
+    cluster = Cluster.from_dict(cluster_dict(speeds, flops=flops))
+    preds = {k: (_predict_dp(cluster, cfg, v, speeds) if k == "weighted_dp" else predict_step(cluster, cfg, v))
+             for k, v in candidates.items()}
+    preds_naive = _predict_dp(cluster, cfg, naive_plan, speeds)
+    chosen = min((k for k in candidates if preds.get(k) is not None), key=lambda k: preds[k])
+    sum_alone = sum(a["samples_s"] for a in alone.values())
+    c, b = measured[chosen], naive_best
+    results.update(
+        alone_samples_s={_type_id(s): alone[s]["samples_s"] for s in speeds}, sum_alone_samples_s=sum_alone,
+        calibrated_fast_gflops=flops / 1e9, predicted_step_s=preds, chosen=chosen,
+        measured={k: {"samples_s": v["samples_s"], "step_s": v["median_step_s"], "predicted_step_s": preds.get(k),
+                      "stage_busy_s": v["stage_busy_s"]} for k, v in measured.items()},
+        naive={"samples_s": b["samples_s"], "step_s": b["median_step_s"], "predicted_step_s": preds_naive},
+        plans={k: {"stages": [{kk: s[kk] for kk in ("layers", "device_type", "ranks", "dp", "batch_shares")
+                               if kk in s} for s in v["stages"]], "schedule": v.get("schedule"),
+                   "num_microbatches": v.get("num_microbatches")} for k, v in candidates.items()},
+        efficiency=c["samples_s"] / sum_alone,
+        speedup_vs_naive=c["samples_s"] / b["samples_s"],
+        pred_error=abs(c["median_step_s"] - preds[chosen]) / preds[chosen],
+    )
+    return results
+
+
+def _flops(cfg: GPTConfig, run_out: dict) -> float:
+    """Achieved training FLOP/s of a one-rank run (3 x forward FLOPs per sample x samples/s)."""
+    return cfg.spec(dtype="fp32").flops_per_sample * run_out["samples_s"]
+
+
+def _dp_plan(cfg: GPTConfig, gb: int, speeds: list[float], shares: list[int]) -> dict:
+    """Weighted DP over the mix. A Plan stage holds one device type, so the DP replicas are declared as one type
+    (``cpu``); each rank's emulated speed comes from its own HETERO_SLOWDOWN (see ``_run_mixed``)."""
+    n = len(speeds)
+    return plan_dict(cfg, gb=gb, stages=[{"layers": [0, cfg.num_layers + 2], "device_type": "cpu",
+                                          "ranks": list(range(n)), "dp": n, "batch_shares": shares}])
+
+
+def _predict_dp(cluster: Cluster, cfg: GPTConfig, plan: dict, speeds: list[float]) -> float | None:
+    """Predicted step of a DP plan over mixed types: each replica's compute on its own type (the predictor scores
+    one type per stage, so replica d is scored as a one-rank plan on type d), the slowest replica plus the DP
+    all-reduce and optimizer step as the predictor models them for the plan over one type."""
+    try:
+        from hetero.predictor.predict import predict_detailed
+    except ImportError:
+        return None
+    spec = cfg.spec(dtype="fp32")
+    shares = plan["stages"][0]["batch_shares"]
+    worst = 0.0
+    for d, s in enumerate(speeds):
+        sub = cluster.subset(_type_id(s))
+        one = plan_dict(cfg, gb=shares[d], stages=[{"layers": [0, cfg.num_layers + 2], "device_type": _type_id(s),
+                                                    "ranks": [0]}])
+        rep = predict_detailed(sub, spec, Plan.from_dict(one))
+        worst = max(worst, rep.prediction.step_time_s - rep.stages[0].optimizer_s)
+    # the DP tail (all-reduce + optimizer) on the slowest type's cluster with all ranks, same plan structure
+    from hetero.predictor import comm
+    from hetero.predictor.compute import optimizer_step_time
+
+    params = spec.params
+    ar = comm.dp_allreduce_time(cluster, list(range(len(speeds))), params * 4)
+    slow = cluster.device_types()[_type_id(min(speeds))]
+    return worst + ar + optimizer_step_time(params, slow)
+
+
+def _run_mixed(plan: dict, cdict: dict, speeds: list[float], args, tmp: Path, name: str) -> dict:
+    """Run a plan on the emulated mix: a plan over the mix's types gets each rank's slowdown from the cluster
+    (hetero-run --emulate); a DP plan declared over one type gets it per rank from HETERO_SLOWDOWN_BY_RANK."""
+    if plan["stages"][0]["device_type"] == "cpu":
+        slow = ",".join(f"{max(speeds) / s:.6g}" for s in speeds)
+        return run(plan, None, args, tmp, name, env={"HETERO_SLOWDOWN_BY_RANK": slow})
+    return run(plan, cdict, args, tmp, name)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if args.quick:
+        args.hidden, args.blocks, args.seq_len = 64, 2, 32
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    cfg = GPTConfig(name="gpt-bench", vocab=256, hidden=args.hidden, heads=4, num_layers=args.blocks,
+                    seq_len=args.seq_len)
+    mixes = [[float(x) for x in m.split(",")] for m in args.mixes]
+    for m in mixes:
+        if sum(m) > 2.0 + 1e-9 or max(m) > 1.0:
+            raise SystemExit(f"mix {m}: speeds must be <= 1 and sum to <= 2 (2 cores, one thread per rank)")
+    out = []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        for m in mixes:
+            with console.status(f"mix {m}") as st:
+                res = bench_mix(m, cfg, args, Path(d), lambda s: st.update(f"[bold]{s}"))  # noqa: B023
+            console.print(f"mix {'+'.join(f'{s:g}' for s in m)}: alone {res['alone_samples_s']} -> sum "
+                          f"{res['sum_alone_samples_s']:.1f} samples/s; naive {res['naive']['samples_s']:.1f}; "
+                          + "; ".join(f"{k} {v['samples_s']:.1f} (step {v['step_s'] * 1e3:.0f} ms, pred "
+                                      f"{(v['predicted_step_s'] or 0) * 1e3:.0f} ms)" for k, v in res["measured"].items())
+                          + f" | chosen {res['chosen']}: efficiency {res['efficiency']:.3f}, speed-up "
+                          f"{res['speedup_vs_naive']:.2f}x, pred error {res['pred_error'] * 100:.1f}%")
+            out.append(res)
+    worst = min(out, key=lambda r: r["efficiency"])
+    summary = {"efficiency": round(worst["efficiency"], 4), "speedup_vs_naive": round(min(r["speedup_vs_naive"] for r in out), 4),
+               "pred_error": round(max(r["pred_error"] for r in out), 4), "mixes": out,
+               "model": {"hidden": cfg.hidden, "blocks": cfg.num_layers, "seq_len": cfg.seq_len, "vocab": cfg.vocab},
+               "global_batch": args.global_batch, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
+               "load_avg": os.getloadavg()[0], "bench_s": time.perf_counter() - t0}
+    text = json.dumps(summary)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

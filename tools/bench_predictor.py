@@ -1,0 +1,566 @@
+"""Predictor benchmark: real training steps on this machine against ``hetero.predictor.predict``.
+
+It first profiles this CPU (``hetero profile``: GEMMs, bandwidth, reference-GPT layers, AdamW, gloo), then runs
+training configurations of two sizes of the reference GPT (``hetero.models.gpt``) with 1 to 4 gloo ranks: single
+device, DP, PP (1F1B and GPipe, uneven stages), DP x PP, and ranks emulating 2x and 3x slower devices
+(``hetero.runtime.emulate``, which pads each compute block with sleep; emulation is for benchmarks only). For each
+it compares the measured step time (median over steps) and per-rank peak memory with the prediction made from the
+Plan, the cluster (device types = this CPU as profiled, and scaled copies for the emulated ones; links = the gloo
+alpha-beta fit of the profile), the ModelSpec traced from the model on the meta device, and the profile.
+
+The training harness (below, ``--worker`` mode) is deliberately plain: ``torch.distributed.pipelining`` stages and
+schedules for PP, gradients in one flat buffer per rank all-reduced over gloo after the backward (Megatron-style,
+not overlapped: DDP's overlap would hide communication inside the backward, where the emulator could not tell it
+from compute), ``torch.optim.AdamW``. One thread per rank; the CPU demand of a configuration (full-speed ranks
+count 1, a rank emulating a k-times slower device counts 1/k) never exceeds 2 cores.
+
+Shared machines: other processes competing for the cores slow every rank down by a factor no profile can know in
+advance. The profile therefore times compute in thread-CPU seconds (the cost on an idle core; equal to wall time
+on an idle machine), and each rank sums the wall and thread-CPU seconds of its compute blocks during the timed
+steps: their ratio is the run's contention (1 on an idle machine). ``time_mape`` compares the measured step time
+with the prediction from the profile slowed by the run's contention (per device type: the machine's load is
+measured, the step time is still predicted); ``time_mape_unadjusted`` uses the profile as taken (the step time on
+an idle machine). Both agree on an idle machine.
+
+Peak memory on CPU, per rank, is measured in a separate launch of the same configuration (as Sailor's runs do;
+sampling must not disturb the timing), started with ``MALLOC_MMAP_THRESHOLD_=16384`` so glibc serves every
+allocation >= 16 KiB with mmap and freed tensors leave the resident set: after one step (which creates the
+AdamW state), the high-water mark over two more steps of the process's resident *anonymous* memory
+(``/proc/self/statm`` resident minus file-backed pages, so torch's code pages that fault in on first use do not
+count), sampled every millisecond and after every forward, backward and optimizer block, minus the same quantity
+right after ``init_process_group`` (before the model exists). The prediction compared with it is the predictor's
+per-rank memory minus the profile's runtime baseline (``memory_overhead_bytes``).
+
+    python tools/bench_predictor.py                    # 12 min on the loaded 2-core VM; last line JSON
+    python tools/bench_predictor.py --quick            # 4 configurations, a quick profile (smoke test)
+    python tools/bench_predictor.py --sailor ../shared/benchmarks/sailor_validation
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+MODELS = {
+    # name: GPTConfig keywords (hidden sizes off the profile's grid on purpose: the regressor must interpolate)
+    "gpt-s": dict(vocab=2048, hidden=192, heads=3, num_layers=4, seq_len=128),
+    "gpt-m": dict(vocab=4096, hidden=320, heads=5, num_layers=6, seq_len=128),
+}
+
+
+@dataclass(kw_only=True)
+class BenchConfig:
+    """One training configuration."""
+
+    name: str
+    """Short label."""
+    model: str
+    """Key of MODELS."""
+    mbs: int
+    """Samples per micro-batch."""
+    m: int
+    """Micro-batches per step (per pipeline)."""
+    stages: list[tuple[int, int]]
+    """Layer range per stage."""
+    dp: int = 1
+    """Pipelines (DP replicas)."""
+    slowdown: list[float] = field(default_factory=list)
+    """Emulated slowdown per stage (1 = this CPU); empty = all 1."""
+    schedule: str = "1f1b"
+    """Pipeline schedule (1f1b or gpipe)."""
+
+    @property
+    def world(self) -> int:
+        return len(self.stages) * self.dp
+
+    def slow(self, s: int) -> float:
+        return self.slowdown[s] if self.slowdown else 1.0
+
+    @property
+    def cpu_demand(self) -> float:
+        return sum(self.dp / self.slow(s) for s in range(len(self.stages)))
+
+
+def configs(quick: bool) -> list[BenchConfig]:
+    """The benchmark matrix (layers: 0 = embedding, 1..N = blocks, N+1 = head)."""
+    s_all, m_all = [(0, 6)], [(0, 8)]
+    out = [
+        BenchConfig(name="S 1 rank mbs1 m4", model="gpt-s", mbs=1, m=4, stages=s_all),
+        BenchConfig(name="S 1 rank mbs4 m2", model="gpt-s", mbs=4, m=2, stages=s_all),
+        BenchConfig(name="M 1 rank mbs2 m2", model="gpt-m", mbs=2, m=2, stages=m_all),
+        BenchConfig(name="M 1 rank 3x-slow mbs2 m1", model="gpt-m", mbs=2, m=1, stages=m_all, slowdown=[3]),
+        BenchConfig(name="S DP2 mbs2 m2", model="gpt-s", mbs=2, m=2, stages=s_all, dp=2),
+        BenchConfig(name="M DP2 2x-slow mbs4 m1", model="gpt-m", mbs=4, m=1, stages=m_all, dp=2, slowdown=[2]),
+        BenchConfig(name="S DP3 3x-slow mbs2 m2", model="gpt-s", mbs=2, m=2, stages=s_all, dp=3, slowdown=[3]),
+        BenchConfig(name="S PP2 even 1f1b mbs2 m4", model="gpt-s", mbs=2, m=4, stages=[(0, 3), (3, 6)]),
+        BenchConfig(name="S PP2 gpipe mbs1 m8", model="gpt-s", mbs=1, m=8, stages=[(0, 3), (3, 6)], schedule="gpipe"),
+        BenchConfig(name="M PP2 uneven 1x|2x mbs2 m4", model="gpt-m", mbs=2, m=4, stages=[(0, 6), (6, 8)],
+                    slowdown=[1, 2]),
+        BenchConfig(name="M PP2 uneven 1x|3x mbs1 m6", model="gpt-m", mbs=1, m=6, stages=[(0, 7), (7, 8)],
+                    slowdown=[1, 3]),
+        BenchConfig(name="M PP3 uneven 1x|2x|3x mbs2 m6", model="gpt-m", mbs=2, m=6, stages=[(0, 5), (5, 7), (7, 8)],
+                    slowdown=[1, 2, 3]),
+        BenchConfig(name="S DPxPP 2x2 2x-slow mbs2 m4", model="gpt-s", mbs=2, m=4, stages=[(0, 3), (3, 6)], dp=2,
+                    slowdown=[2, 2]),
+        BenchConfig(name="M DPxPP 2x2 2x-slow mbs1 m4", model="gpt-m", mbs=1, m=4, stages=[(0, 5), (5, 8)], dp=2,
+                    slowdown=[2, 2]),
+    ]
+    if quick:
+        keep = {"S 1 rank mbs1 m4", "S DP2 mbs2 m2", "S PP2 even 1f1b mbs2 m4", "M PP2 uneven 1x|2x mbs2 m4"}
+        out = [c for c in out if c.name in keep]
+    for c in out:
+        assert c.cpu_demand <= 2.0 + 1e-9, c.name
+    return out
+
+
+# ----------------------------------------------------------------------------- cluster, plan, prediction
+
+def type_id(slow: float) -> str:
+    return "bench-cpu" if slow == 1 else f"bench-cpu-{slow:g}x-slower"
+
+
+def rank_types(cfg: BenchConfig) -> list[float]:
+    """Slowdown of each rank: stage s holds ranks s*dp .. s*dp+dp-1."""
+    return [cfg.slow(s) for s in range(len(cfg.stages)) for _ in range(cfg.dp)]
+
+
+def build_cluster(cfg: BenchConfig, prof):
+    """One node per run of equal-type ranks; peak/bandwidth from the profile, links from its gloo fit."""
+    from hetero.cluster.spec import Cluster
+
+    types, nodes = {}, []
+    for slow in rank_types(cfg):
+        tid = type_id(slow)
+        types.setdefault(tid, {"id": tid, "name": f"this CPU, 1 thread, emulated {slow:g}x slower" if slow != 1
+                               else "this CPU, 1 thread", "memory_gib": 24.0,
+                               "memory_bandwidth_gbs": prof.memory_bandwidth / slow / 1e9,
+                               "peak_tflops": {k: v / slow / 1e12 for k, v in prof.peak_flops.items()},
+                               "torch_device": "cpu", "dist_backend": "gloo", "matmul_efficiency": 1.0})
+        if nodes and nodes[-1]["devices"]["type"] == tid:
+            nodes[-1]["devices"]["count"] += 1
+        else:
+            nodes.append({"name": f"n{len(nodes)}", "devices": {"type": tid, "count": 1},
+                          "intra_link": {"fabric": "gloo-loopback", "bandwidth_gbs": prof.link_bandwidth / 1e9,
+                                         "latency_us": prof.link_latency_s * 1e6}})
+    doc = {"name": "bench", "device_types": list(types.values()), "nodes": nodes,
+           "network": {"bandwidth_gbps": prof.link_bandwidth * 8 / 1e9, "latency_us": prof.link_latency_s * 1e6,
+                       "fabric": "gloo-loopback"}}
+    return Cluster.from_dict(doc), doc
+
+
+def build_plan(cfg: BenchConfig, num_layers: int):
+    from hetero.autoparallel.plan import Plan, Stage
+
+    stages = [Stage(layers=lo_hi, device_type=type_id(cfg.slow(s)), ranks=[s * cfg.dp + d for d in range(cfg.dp)],
+                    dp=cfg.dp) for s, lo_hi in enumerate(cfg.stages)]
+    return Plan(model=cfg.model, num_layers=num_layers, global_batch=cfg.mbs * cfg.m * cfg.dp,
+                num_microbatches=cfg.m, seq_len=MODELS[cfg.model]["seq_len"], schedule=cfg.schedule, dtype="fp32",
+                stages=stages)
+
+
+def model_spec(model: str, mbs: int):
+    """The ModelSpec traced from the reference GPT with its loss (meta device)."""
+    import torch
+
+    from hetero.models.gpt import GPT, GPTConfig, lm_loss
+    from hetero.models.trace import spec_from_module
+
+    c = GPTConfig(name=model, **MODELS[model])
+    with torch.device("meta"):
+        net = GPT(c)
+    tokens = torch.zeros(mbs, c.seq_len, dtype=torch.long)
+    return spec_from_module(net, tokens, name=model, dtype="fp32", loss_fn=lm_loss, target=tokens)
+
+
+# ----------------------------------------------------------------------------- the worker (one rank)
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def anon_rss() -> int:
+    """Resident anonymous memory of this process in bytes (resident minus file-backed pages: code pages of the
+    torch libraries that page in on first use are not memory the model uses)."""
+    with open("/proc/self/statm") as f:
+        fields = f.read().split()
+    return (int(fields[1]) - int(fields[2])) * PAGE
+
+
+class MemorySampler:
+    """High-water mark of ``anon_rss`` from a background thread (every 1 ms) plus explicit ``sample()`` calls."""
+
+    def __init__(self):
+        import threading
+
+        self.peak = 0
+        self.active = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(0.001):
+            if self.active:
+                self.sample()
+
+    def sample(self):
+        a = anon_rss()
+        if a > self.peak:
+            self.peak = a
+
+    def start(self):
+        self.active = True
+        self.sample()
+        self._thread.start()
+
+    def stop(self) -> int:
+        self.sample()
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def worker(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+    from hetero.cluster.spec import Cluster
+    from hetero.models.gpt import Block, Embedding, GPTConfig, Head, lm_loss
+    from hetero.runtime.emulate import Emulator
+
+    torch.set_num_threads(1)
+    job = json.loads(Path(args.job).read_text())
+    cfg = BenchConfig(**{k: v for k, v in job["config"].items()})
+    cfg.stages = [tuple(s) for s in cfg.stages]
+    rank, world = args.rank, cfg.world
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=120))
+    dist.barrier()
+    baseline = anon_rss()
+    cluster = Cluster.from_dict(job["cluster"])
+    # benchmark-only emulation of a slower device: slowdown = peak of this CPU's type / peak of the rank's type
+    ref = "bench-cpu" if "bench-cpu" in cluster.device_types() else None
+    emu = Emulator.from_cluster(cluster, rank, reference=ref) if ref else Emulator(slowdown=cfg.slow(rank // cfg.dp))
+    mem = MemorySampler()
+    acct = {"on": job["warmup"] == 0, "wall": 0.0, "cpu": 0.0}
+
+    @contextlib.contextmanager
+    def block():
+        """One compute block: padded by the emulator; wall and thread-CPU seconds summed (contention factor)."""
+        w0, c0 = time.perf_counter(), time.thread_time()
+        yield
+        w, c = time.perf_counter() - w0, time.thread_time() - c0
+        if acct["on"]:
+            acct["wall"] += w
+            acct["cpu"] += c
+        emu.pad(w)
+    p, dp = len(cfg.stages), cfg.dp
+    s, d = divmod(rank, dp)
+    lo, hi = cfg.stages[s]
+    c = GPTConfig(name=cfg.model, **MODELS[cfg.model])
+    n_layers = c.num_layers + 2
+
+    class LastStage(torch.nn.Module):
+        """The last stage computes the loss itself (as Megatron does), so only scalars leave it."""
+
+        def __init__(self, body):
+            super().__init__()
+            self.body = body
+
+        def forward(self, x, tgt):
+            return lm_loss(self.body(x), tgt).reshape(1)  # [1]: the schedule concatenates outputs
+
+    mods = []
+    for i in range(lo, hi):
+        torch.manual_seed(1000 + i)
+        mods.append(Embedding(c) if i == 0 else Head(c) if i == n_layers - 1 else Block(c))
+    net = torch.nn.Sequential(*mods)
+    params = [q for q in net.parameters()]
+    flat = torch.zeros(sum(q.numel() for q in params))
+    off = 0
+    for q in params:  # gradients live in one flat buffer (persistent, like DDP buckets / Megatron main_grad)
+        q.grad = flat[off:off + q.numel()].view_as(q)
+        off += q.numel()
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    # process groups: every rank creates every group, in the same order
+    dp_groups = [dist.new_group([t * dp + k for k in range(dp)]) for t in range(p)] if dp > 1 else None
+    pp_groups = [dist.new_group([t * dp + k for t in range(p)]) for k in range(dp)] if p > 1 else None
+    g = torch.Generator().manual_seed(d)
+    n = cfg.mbs * cfg.m
+    tokens = torch.randint(0, c.vocab, (n, c.seq_len), generator=g)
+    targets = torch.randint(0, c.vocab, (n, c.seq_len), generator=g)
+
+    if p == 1:
+        def run_pipeline():
+            for i in range(cfg.m):
+                sl = slice(i * cfg.mbs, (i + 1) * cfg.mbs)
+                with block():
+                    out = net(tokens[sl])
+                mem.sample()
+                with block():
+                    loss = lm_loss(out, targets[sl]) / cfg.m
+                    del out
+                    loss.backward()
+                mem.sample()
+    else:
+        stage = PipelineStage(LastStage(net) if s == p - 1 else net, s, p, torch.device("cpu"), group=pp_groups[d])
+        fwd, bwd = stage.forward_maybe_with_nosync, stage.backward_maybe_with_nosync
+
+        def fwd_padded(*a, **k):
+            with block():
+                out = fwd(*a, **k)
+            mem.sample()
+            return out
+
+        def bwd_padded(*a, **k):
+            with block():
+                out = bwd(*a, **k)
+            mem.sample()
+            return out
+        stage.forward_maybe_with_nosync = fwd_padded
+        stage.backward_maybe_with_nosync = bwd_padded
+        sched_cls = Schedule1F1B if cfg.schedule == "1f1b" else ScheduleGPipe
+        sched = sched_cls(stage, n_microbatches=cfg.m, loss_fn=lambda out, _tgt: out.sum())
+
+        def run_pipeline():
+            if s == 0:
+                sched.step(tokens)
+            elif s == p - 1:
+                sched.step(tgt=targets, target=targets)
+            else:
+                sched.step()
+
+    def train_step():
+        run_pipeline()
+        if dp_groups is not None:
+            dist.all_reduce(flat, group=dp_groups[s])
+            flat.div_(dp)
+        with block():
+            opt.step()
+            flat.zero_()
+        mem.sample()
+
+    times, peak, persistent = [], 0, 0
+    if job["mode"] == "time":
+        for it in range(job["warmup"] + job["steps"]):
+            dist.barrier()
+            t0 = time.perf_counter()
+            train_step()
+            dist.barrier()
+            if it >= job["warmup"]:
+                times.append(time.perf_counter() - t0)
+            acct["on"] = it + 1 >= job["warmup"]
+    else:  # memory run (this process was started with MALLOC_MMAP_THRESHOLD_=16384)
+        dist.barrier()
+        train_step()  # first step allocates the AdamW state
+        mem.start()
+        for _ in range(2):
+            dist.barrier()
+            train_step()
+        dist.barrier()
+        peak = mem.stop()
+        persistent = anon_rss()  # after the step: weights, gradients, AdamW state, pipeline buffers
+    Path(args.out).write_text(json.dumps({"rank": rank, "times": times, "baseline_rss": baseline, "peak_rss": peak,
+                                          "persistent_rss": persistent,
+                                          "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                                          "slowdown": emu.slowdown,
+                                          "contention": acct["wall"] / acct["cpu"] if acct["cpu"] > 0 else 1.0, "params": sum(q.numel() for q in params)}))
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        return sk.getsockname()[1]
+
+
+def run_config(cfg: BenchConfig, cluster_doc: dict, *, mode: str, steps: int, warmup: int, timeout: float
+               ) -> list[dict]:
+    """Launch the ranks of one configuration (``mode`` time or memory) and collect their JSON results."""
+    from dataclasses import asdict
+
+    with tempfile.TemporaryDirectory() as tmp:
+        job = Path(tmp, "job.json")
+        job.write_text(json.dumps({"config": asdict(cfg), "cluster": cluster_doc, "steps": steps, "warmup": warmup,
+                                   "mode": mode}))
+        port = _free_port()
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+        if mode == "memory":  # allocations >= 128 KiB via mmap: freed tensors leave the resident set
+            env["MALLOC_MMAP_THRESHOLD_"] = "16384"
+        outs = [Path(tmp, f"r{r}.json") for r in range(cfg.world)]
+        procs = [subprocess.Popen([sys.executable, __file__, "--worker", "--job", str(job), "--rank", str(r),
+                                   "--port", str(port), "--out", str(outs[r])], env=env) for r in range(cfg.world)]
+        deadline = time.monotonic() + timeout
+        try:
+            for pr in procs:
+                rc = pr.wait(timeout=max(deadline - time.monotonic(), 1.0))
+                if rc != 0:
+                    raise RuntimeError(f"{cfg.name}: a rank exited with status {rc}")
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"{cfg.name}: did not finish within {timeout:.0f} s") from None
+        finally:
+            for pr in procs:
+                if pr.poll() is None:
+                    pr.kill()
+                    pr.wait()
+        return [json.loads(o.read_text()) for o in outs]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--job", help=argparse.SUPPRESS)
+    ap.add_argument("--rank", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="4 configurations, quick profile, 2 steps")
+    ap.add_argument("--steps", type=int, default=4, help="measured steps per configuration (median)")
+    ap.add_argument("--warmup", type=int, default=2, help="warm-up steps per configuration")
+    ap.add_argument("--profile", default=None, help="use this profile JSON instead of profiling now")
+    ap.add_argument("--save-profile", default=None, help="write the profile taken now to this path")
+    ap.add_argument("--only", default=None, help="run only configurations whose name contains this text")
+    ap.add_argument("--json-out", default=None, help="write per-configuration results here")
+    ap.add_argument("--sailor", default=None, help="score on the Sailor validation folder instead")
+    args = ap.parse_args(argv)
+    if args.worker:
+        return worker(args)
+    if args.sailor:
+        from hetero.predictor.sailor import score
+
+        result = score(args.sailor)
+        keys = ("runs", "time_mape", "mem_mape", "time_mape_clean", "mem_mape_clean")
+        for name, sub in result["subsets"].items():
+            print(f"{name:20s} " + "  ".join(f"{k} {sub.get(k)}" for k in keys))
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(result, indent=1))
+        print(json.dumps({"subsets": {name: {k: sub.get(k) for k in keys} for name, sub in result["subsets"].items()}}))
+        return 0
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from hetero.predictor import predict_detailed
+    from hetero.predictor.calibrate import mape
+    from hetero.predictor.microbench import ProfileConfig, profile_device
+    from hetero.predictor.profile import DeviceProfile
+
+    con = Console(stderr=True)
+    load = load_before = os.getloadavg()
+    con.print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs)")
+    t_start = time.perf_counter()
+    if args.profile:
+        prof = DeviceProfile.from_json(args.profile)
+    else:
+        prof = profile_device(ProfileConfig(device="cpu", device_id="bench-cpu", threads=1, quick=args.quick),
+                              progress=True)
+        if args.save_profile:
+            prof.to_json(args.save_profile)
+    con.print(f"profile: fp32 {prof.peak_flops['fp32'] / 1e9:.1f} GFLOP/s, {prof.memory_bandwidth / 1e9:.1f} GB/s, "
+              f"gloo alpha {prof.link_latency_s * 1e6:.0f} us, {prof.link_bandwidth / 1e9:.2f} GB/s, "
+              f"baseline {prof.memory_overhead_bytes / 2**20:.0f} MiB")
+    steps, warmup = (2, 1) if args.quick else (args.steps, args.warmup)
+    cfgs = [c for c in configs(args.quick) if not args.only or args.only in c.name]
+    rows = []
+    for cfg in cfgs:
+        cluster, doc = build_cluster(cfg, prof)
+        spec = model_spec(cfg.model, cfg.mbs)
+        plan = build_plan(cfg, spec.num_layers)
+        profiles = {type_id(sl): (prof if sl == 1 else prof.scaled(device=type_id(sl), scale=1 / sl))
+                    for sl in set(rank_types(cfg))}
+        report = predict_detailed(cluster, spec, plan, profiles=profiles)
+        pred = report.prediction
+        t0 = time.perf_counter()
+        res = run_config(cfg, doc, mode="time", steps=steps, warmup=warmup, timeout=600)
+        mres = run_config(cfg, doc, mode="memory", steps=0, warmup=0, timeout=600)
+        wall = time.perf_counter() - t0
+        measured = statistics.median(res[0]["times"])
+        # contention: wall / thread-CPU seconds of the compute blocks, per device type (1 on an idle machine);
+        # the adjusted prediction rescales the profile from its own contention to the run's
+        run_c: dict[str, list[float]] = {}
+        for r in res:
+            run_c.setdefault(type_id(rank_types(cfg)[r["rank"]]), []).append(r["contention"])
+        base_c = 1.0 if prof.clock == "thread_cpu" else prof.contention
+        adj_profiles = {t: p_.scaled(device=t, scale=base_c / statistics.mean(run_c[t])) for t, p_ in profiles.items()}
+        pred_adj = predict_detailed(cluster, spec, plan, profiles=adj_profiles).prediction
+        contention = statistics.mean(c for v in run_c.values() for c in v)
+        mem_meas = {r["rank"]: r["peak_rss"] - r["baseline_rss"] for r in mres}
+        mem_abs = {r["rank"]: r["maxrss"] for r in mres}
+        mem_pred = {r: pred.rank_memory_bytes[r] - prof.memory_overhead_bytes for r in mem_meas}
+        worst = max(mem_meas, key=lambda r: mem_meas[r])
+        wr = next(r for r in mres if r["rank"] == worst)
+        smem = report.stages[worst // cfg.dp].memory
+        breakdown = {"state_measured": wr["persistent_rss"] - wr["baseline_rss"], "state_predicted": smem.model_state,
+                     "rest_measured": wr["peak_rss"] - wr["persistent_rss"], "activations_predicted": smem.activations}
+        rows.append(dict(name=cfg.name, world=cfg.world, cpu_demand=round(cfg.cpu_demand, 2),
+                         time_measured_s=measured, time_predicted_s=pred_adj.step_time_s,
+                         time_predicted_unadjusted_s=pred.step_time_s, contention=round(contention, 3),
+                         step_times_s=res[0]["times"], mem_measured_bytes=mem_meas, mem_predicted_bytes=mem_pred,
+                         mem_abs_measured_bytes=mem_abs, mem_abs_predicted_bytes=dict(pred.rank_memory_bytes),
+                         worst_rank=worst, memory_breakdown=breakdown, wall_s=round(wall, 1)))
+        con.print(f"{cfg.name:34s} step {measured:7.3f} s  pred {pred_adj.step_time_s:7.3f} s "
+                  f"({(pred_adj.step_time_s / measured - 1) * 100:+5.1f}%; unadjusted {pred.step_time_s:.3f} s, "
+                  f"contention {contention:.2f} vs profile {prof.contention:.2f})  mem r{worst} {mem_meas[worst] / 2**20:6.1f} "
+                  f"MiB pred {mem_pred[worst] / 2**20:6.1f} MiB ({(mem_pred[worst] / mem_meas[worst] - 1) * 100:+5.1f}%)"
+                  f"  [{wall:.0f} s]")
+        con.print("    memory MiB: persistent {state_measured:.1f} (pred. weights+grads+AdamW {state_predicted:.1f}); "
+                  "peak above it {rest_measured:.1f} (pred. activations {activations_predicted:.1f})".format(
+                      **{k: v / 2**20 for k, v in breakdown.items()}))
+    table = Table(title="predicted vs measured (CPU, gloo)")
+    for col in ("config", "ranks", "cores", "contention", "step s", "pred s", "err %", "unadj. err %", "mem MiB",
+                "pred MiB", "err %"):
+        table.add_column(col, justify="right" if col != "config" else "left")
+    t_err, t_err_raw, m_err = [], [], []
+    for r in rows:
+        w = r["worst_rank"]
+        te = (r["time_predicted_s"] / r["time_measured_s"] - 1) * 100
+        me = (r["mem_predicted_bytes"][w] / r["mem_measured_bytes"][w] - 1) * 100
+        tr = (r["time_predicted_unadjusted_s"] / r["time_measured_s"] - 1) * 100
+        t_err.append(abs(te))
+        t_err_raw.append(abs(tr))
+        m_err.append(abs(me))
+        table.add_row(r["name"], str(r["world"]), f"{r['cpu_demand']:g}", f"{r['contention']:.2f}",
+                      f"{r['time_measured_s']:.3f}", f"{r['time_predicted_s']:.3f}", f"{te:+.1f}", f"{tr:+.1f}",
+                      f"{r['mem_measured_bytes'][w] / 2**20:.1f}",
+                      f"{r['mem_predicted_bytes'][w] / 2**20:.1f}", f"{me:+.1f}")
+    Console().print(table)
+    all_ranks_meas = [v for r in rows for v in r["mem_measured_bytes"].values()]
+    all_ranks_pred = [r["mem_predicted_bytes"][k] for r in rows for k in r["mem_measured_bytes"]]
+    abs_meas = [v for r in rows for v in r["mem_abs_measured_bytes"].values()]
+    abs_pred = [r["mem_abs_predicted_bytes"][k] for r in rows for k in r["mem_abs_measured_bytes"]]
+    load = os.getloadavg()
+    summary = {"configs": len(rows), "time_mape": round(statistics.mean(t_err), 2),
+               "mem_mape": round(statistics.mean(m_err), 2),
+               "time_mape_unadjusted": round(statistics.mean(t_err_raw), 2),
+               "profile_contention": round(prof.contention, 3),
+               "load_avg_1min": [round(load_before[0], 2), round(load[0], 2)]}
+    print(f"time MAPE {summary['time_mape']:.2f}% (max {max(t_err):.1f}%; without the contention adjustment "
+          f"{summary['time_mape_unadjusted']:.2f}%), memory MAPE (busiest rank, above the "
+          f"process baseline) {summary['mem_mape']:.2f}% (max {max(m_err):.1f}%); all ranks "
+          f"{mape(all_ranks_pred, all_ranks_meas):.2f}%; ru_maxrss (code pages included) vs prediction incl. baseline {mape(abs_pred, abs_meas):.2f}%; "
+          f"{time.perf_counter() - t_start:.0f} s; load average after {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"rows": rows, "summary": summary,
+                                                   "profile_calibration": prof.calibration}, indent=1))
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
