@@ -19,12 +19,16 @@ mkdir -p "$out"
 echo "== 1. what do I have? (hetero discover)"
 hetero discover -o "$out/this_machine.yaml"
 
-echo "== 2. how should I split the job? (hetero-plan on an emulated 2-type cluster)"
-hetero-plan --cluster examples/clusters/cpu_mix.yaml --model examples/models/gpt_tiny.yaml \
-    --global-batch 24 --dtype fp32 -o "$out/plan.yaml" --gantt "$out/plan.png"
+echo "== 2. how fast is it? (hetero profile: GEMMs, bandwidth, layers, gloo on this CPU, one thread)"
+hetero profile --device cpu --quick -o "$out/cpu_profile.json"
+# the cluster's two types are this CPU at full and at half speed: the profile, scaled, calibrates both
+profiles=(--profile "cpu-fast=$out/cpu_profile.json" --profile "cpu-slow=$out/cpu_profile.json")
 
-echo "== 3. how fast will it be? (hetero predict)"
-hetero predict --cluster examples/clusters/cpu_mix.yaml --model examples/models/gpt_tiny.yaml --plan "$out/plan.yaml"
+echo "== 3. how should I split the job? (hetero-plan on an emulated 2-type cluster)"
+hetero-plan --cluster examples/clusters/cpu_mix.yaml --model examples/models/gpt_tiny.yaml \
+    --global-batch 24 --dtype fp32 "${profiles[@]}" -o "$out/plan.yaml" --gantt "$out/plan.png"
+hetero predict --cluster examples/clusters/cpu_mix.yaml --model examples/models/gpt_tiny.yaml \
+    --plan "$out/plan.yaml" "${profiles[@]}"
 
 echo "== 4. run it (hetero-run, slow rank emulated)"
 hetero-run --standalone --plan "$out/plan.yaml" --cluster examples/clusters/cpu_mix.yaml --emulate \

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,3 +134,18 @@ def test_collectives_and_baseline():
     assert 0 <= runtime < 256 * 2**20
     alpha, bw = fit_link(recs)
     assert bw > 0
+
+
+def test_cli_profile_assignment_scales_emulated_types(tmp_path):
+    from hetero.cluster.spec import Cluster
+    from hetero.predictor.predict_cli import load_profiles
+
+    cluster = Cluster.from_yaml(Path(__file__).resolve().parents[1] / "examples" / "clusters" / "cpu_mix.yaml")
+    path = tmp_path / "p.json"
+    _profile().to_json(path)
+    profs = load_profiles([f"cpu-fast={path}", f"cpu-slow={path}"], cluster)
+    assert profs["cpu-fast"].peak_flops["fp32"] == pytest.approx(2 * profs["cpu-slow"].peak_flops["fp32"])
+    assert profs["cpu-slow"].device == "cpu-slow"
+    assert set(load_profiles([str(path)], cluster)) == {_profile().device}
+    with pytest.raises(ConfigError, match="no device type 'gpu'"):
+        load_profiles([f"gpu={path}"], cluster)

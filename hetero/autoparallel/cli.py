@@ -43,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--orders", choices=["all", "memory"], default="all", help="device-group orders to search")
     p.add_argument("--no-recompute", action="store_true", help="never use activation recomputation")
     p.add_argument("--no-efficiency", action="store_true", help="skip the per-type homogeneous searches")
-    p.add_argument("--profile", action="append", default=[], help="device profile JSON (repeatable)")
+    p.add_argument("--profile", action="append", default=[], metavar="[TYPE=]PATH",
+                   help="device profile JSON from `hetero profile` (repeatable); TYPE= assigns it to a cluster type")
     p.add_argument("--check", default=None, metavar="PLAN", help="validate and predict this plan instead of searching")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     cluster = Cluster.from_yaml(args.cluster)
     model = ModelSpec.load(args.model, seq_len=args.seq)
-    profiles = load_profiles(args.profile)
+    profiles = load_profiles(args.profile, cluster)
     if args.check:
         return _check(args, cluster, model, profiles, out)
     if args.global_batch is None:

@@ -702,7 +702,7 @@ def efficiency(cluster: Cluster, model: ModelSpec, config: SearchConfig, through
     for tid in types:
         sub = cluster.subset(tid)
         try:
-            res = search(sub, model, dataclasses.replace(config, time_limit_s=None))
+            res = search(sub, model, dataclasses.replace(config, time_limit_s=None), profiles=profiles)
             per[tid] = res.best.plan.predicted.throughput_samples_s
         except ConfigError:
             per[tid] = 0.0

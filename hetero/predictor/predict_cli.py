@@ -17,20 +17,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model preset name or model YAML")
     p.add_argument("--plan", required=True, help="plan YAML or JSON")
     p.add_argument("--seq", type=int, default=None, help="sequence length (default: the plan's, else the model's)")
-    p.add_argument("--profile", action="append", default=[], help="device profile JSON (repeatable)")
+    p.add_argument("--profile", action="append", default=[], metavar="[TYPE=]PATH",
+                   help="device profile JSON from `hetero profile` (repeatable); TYPE= assigns it to a cluster type")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-def load_profiles(paths: list[str]) -> dict:
-    """Device profiles by device type id (``hetero profile`` output)."""
-    if not paths:
+def load_profiles(specs: list[str], cluster=None) -> dict:
+    """Device profiles by device type id from ``--profile`` arguments (``hetero profile`` output).
+
+    ``PATH`` keys the profile by the device id recorded in it; ``TYPE=PATH`` assigns it to the cluster's type
+    ``TYPE``, and when the cluster declares that type as a scaled copy (``{id: TYPE, like: ..., scale: s}``, e.g. an
+    emulated slower device) the profile is scaled by ``s`` too."""
+    if not specs:
         return {}
     from hetero.predictor.profile import DeviceProfile
 
+    scales = {t["id"]: float(t.get("scale", 1.0)) for t in (cluster.custom_types if cluster else ())}
+    known = set(cluster.device_types()) if cluster else None
     out = {}
-    for path in paths:
-        prof = DeviceProfile.load(path)
-        out[prof.device_type] = prof
+    for spec in specs:
+        type_id, sep, path = spec.partition("=")
+        if not sep:
+            type_id, path = "", spec
+        prof = DeviceProfile.from_json(path)
+        if not type_id:
+            out[prof.device] = prof
+            continue
+        if known is not None and type_id not in known:
+            raise ConfigError(f"--profile {spec}", f"the cluster has no device type {type_id!r} "
+                              f"(types: {', '.join(sorted(known))})")
+        scale = scales.get(type_id, 1.0)
+        out[type_id] = prof.scaled(device=type_id, scale=scale) if scale != 1.0 else prof
     return out
 
 
@@ -50,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if plan.model and plan.model_hash and plan.model_hash != model.fingerprint():
         raise ConfigError(args.plan, f"plan was made for model {plan.model!r} ({plan.model_hash}), "
                           f"not for {model.name!r} ({model.fingerprint()})")
-    rep = predict_detailed(cluster, model, plan, profiles=load_profiles(args.profile))
+    rep = predict_detailed(cluster, model, plan, profiles=load_profiles(args.profile, cluster))
     pred = rep.prediction
     if args.json:
         out = {"step_time_s": pred.step_time_s, "throughput_samples_s": pred.throughput_samples_s,

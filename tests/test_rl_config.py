@@ -1,0 +1,33 @@
+"""The RL example configs load and bad values name their key: python -m pytest -q tests/test_rl_config.py"""
+
+import pytest
+
+from hetero.config import ConfigError, build
+from hetero.rl.config import RLConfig, load_config
+
+CONFIGS = ["metaworld_mt10_flow_sde", "metaworld_mt10_flow_noise", "metaworld_mt10_grpo",
+           "metaworld_mt1_button_flow_sde"]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_example_configs_load(name):
+    cfg = load_config(f"examples/rl/{name}.yaml")
+    assert cfg.sampler.chunk <= cfg.policy.horizon
+    assert cfg.algo.name in name or cfg.algo.name == "ppo"
+
+
+def test_overrides_and_errors_name_the_key():
+    cfg = load_config("examples/rl/metaworld_mt10_flow_sde.yaml", ["train.iterations=3", "sampler.method=flow_noise"])
+    assert cfg.train.iterations == 3 and cfg.sampler.method == "flow_noise"
+    with pytest.raises(ConfigError, match=r"^algo\.clip: must be > 0"):
+        build(RLConfig, {"algo": {"clip": 0}})
+    with pytest.raises(ConfigError, match=r"^sampler\.method: must be one of"):
+        build(RLConfig, {"sampler": {"method": "flow_xyz"}})
+    with pytest.raises(ConfigError, match=r"^train\.nope: unknown key"):
+        build(RLConfig, {"train": {"nope": 1}})
+    with pytest.raises(ConfigError, match=r"^sampler\.chunk: must be <= policy\.horizon"):
+        build(RLConfig, {"sampler": {"chunk": 8}, "policy": {"horizon": 5}})
+    with pytest.raises(ConfigError, match=r"^env\.group_size"):
+        build(RLConfig, {"algo": {"name": "grpo", "group_size": 4}, "env": {"num_envs": 8}})
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config("examples/rl/missing.yaml")

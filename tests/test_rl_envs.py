@@ -1,0 +1,87 @@
+"""Tests of the chunk-stepping vector env and Meta-World: python -m pytest -q tests/test_rl_envs.py
+
+Skipped with a reason when metaworld is not installed (``pip install -e .[rl]``)."""
+
+import numpy as np
+import pytest
+
+from hetero.config import ConfigError
+
+metaworld = pytest.importorskip("metaworld", reason="metaworld not installed: pip install -e .[rl]")
+
+from hetero.rl.envs.metaworld import MetaWorldConfig, collect_demos, instruction, make_vec_env, resolve_tasks  # noqa: E402
+
+
+def test_task_names_resolve_and_unknown_lists_valid():
+    assert len(resolve_tasks("MT10")) == 10 and len(resolve_tasks("MT50")) == 50
+    assert resolve_tasks("MT1:reach-v3") == ["reach-v3"]
+    with pytest.raises(ConfigError, match="unknown Meta-World task 'reach-v9'.*pick-place-v3"):
+        resolve_tasks("MT1:reach-v9")
+    with pytest.raises(ConfigError, match=r"tasks\[1\]"):
+        resolve_tasks(["reach-v3", "nope"])
+    with pytest.raises(ConfigError, match="unknown benchmark"):
+        resolve_tasks("MT7")
+    assert instruction("pick-place-v3") == "pick up the puck and place it at the goal"
+    assert instruction("hammer-v3") == "hammer"
+
+
+def test_vec_env_chunks_autoreset_seeds_and_crash_restart():
+    cfg = MetaWorldConfig(tasks=["reach-v3", "drawer-close-v3"], num_envs=4, num_workers=2, max_episode_steps=12)
+    env = make_vec_env(cfg)
+    try:
+        obs = env.reset(seed=3)
+        assert obs["state"].shape == (4, 39) and obs["state"].dtype == np.float32
+        assert env.task_names == ["reach-v3", "drawer-close-v3", "reach-v3", "drawer-close-v3"]
+        assert obs["instruction"][1] == "close the drawer"
+        zeros = np.zeros((4, 5, 4))
+        r1 = env.chunk_step(zeros)
+        assert r1.env_steps == 20 and r1.reward.shape == (4,) and not r1.done.any()
+        env.chunk_step(zeros)
+        r3 = env.chunk_step(zeros)  # steps 11-12 of 12: time limit inside the chunk
+        assert r3.done.all() and r3.truncated.all() and r3.env_steps == 8
+        assert len(r3.episodes) == 4 and all(e["length"] == 12 for e in r3.episodes)
+        # same seed -> same episodes; another seed -> other variations
+        a = env.reset(seed=3)["state"]
+        b = env.reset(seed=3)["state"]
+        c = env.reset(seed=4)["state"]
+        assert np.array_equal(a, obs["state"]) and np.array_equal(a, b) and not np.array_equal(a, c)
+        with pytest.raises(ValueError, match="actions must be"):
+            env.chunk_step(np.zeros((3, 5, 4)))
+        # a crashed worker is restarted; its envs' episodes are discarded, not counted
+        env.crash_worker_for_test(0)
+        r = env.chunk_step(zeros)
+        assert env.restarts == 1
+        assert r.discarded.tolist() == [True, False, True, False] and r.done[[0, 2]].all()
+        assert all(e["env"] in (1, 3) for e in r.episodes)
+        r = env.chunk_step(zeros)
+        assert not r.discarded.any() and r.obs["state"].shape == (4, 39)
+    finally:
+        env.close()
+
+
+def test_scripted_expert_demos_succeed():
+    demos = collect_demos(MetaWorldConfig(tasks="MT1:drawer-close-v3", max_episode_steps=150), per_task=2, seed=0)
+    assert len(demos) == 2
+    for d in demos:
+        assert d["states"].shape[1] == 39 and d["actions"].shape[1] == 4
+        assert len(d["states"]) == len(d["actions"]) < 150
+        assert np.abs(d["actions"]).max() <= 1.0
+
+
+def test_dense_reward_pays_the_rest_of_the_episode_at_success():
+    from metaworld.policies import ENV_POLICY_MAP
+
+    from hetero.rl.envs.metaworld import MetaWorldSlice
+
+    cfg = MetaWorldConfig(tasks="MT1:drawer-close-v3", num_envs=1, max_episode_steps=150, reward="dense")
+    sl = MetaWorldSlice(cfg, [0], 0)
+    expert = ENV_POLICY_MAP["drawer-close-v3"]()
+    o = sl.reset_one(0)
+    for _ in range(150):
+        o, r, term, trunc, success = sl.step_one(0, expert.get_action(o["state"].astype(np.float64)))
+        if term:
+            break
+        assert 0.0 <= r <= 1.0  # shaped reward / 10
+    assert success and term and not trunc
+    assert r >= 150 - sl.steps[0]  # the bonus: one per step left
+    sl.close()

@@ -1,0 +1,147 @@
+"""Tests of the RL role plan and the profiling-guided scheduler: python -m pytest -q tests/test_rlsys_scheduler.py"""
+
+import random
+
+import pytest
+
+from hetero.autoparallel.plan import Plan
+from hetero.autoparallel.roles import RolePlan
+from hetero.config import ConfigError, to_dict
+from hetero.rl import scheduler as S
+
+
+def _cfg(pools, profiles, *, num_envs=8, T=3, k_choices=(1, 2, 4), xfer=(0.0, 0.0), modes=None):
+    d = {"devices": pools, "workload": {"num_envs": num_envs, "rollout_chunks": T,
+                                         "transfer": {"fixed_s": xfer[0], "per_item_s": xfer[1]}},
+         "profiles": profiles, "k_choices": list(k_choices)}
+    if modes:
+        d["modes"] = modes
+    return S.build(S.SchedulerConfig, d)
+
+
+def _prof(e, r, a, switch=0.0, sync=0.0, env_fixed=0.0, roll_fixed=0.0):
+    return {"env": None if e is None else {"fixed_s": env_fixed, "per_item_s": e},
+            "rollout": {"fixed_s": roll_fixed, "per_item_s": r}, "actor": {"per_item_s": a},
+            "switch_s": switch, "sync_s": sync}
+
+
+def test_role_plan_validation_names_the_problem():
+    ok = {"mode": "disaggregated", "num_envs": 8, "k": 2, "env": {"ranks": [0]}, "rollout": {"ranks": [1]},
+          "actor": {"ranks": [2]}}
+    rp = RolePlan.from_dict(ok)
+    assert rp.roles_of(1) == ["rollout"] and rp.micro_batch == 4 and list(rp.slots(1)) == [4, 5, 6, 7]
+    with pytest.raises(ConfigError, match="roles.mode: disaggregated needs disjoint"):
+        RolePlan.from_dict({**ok, "actor": {"ranks": [1]}})
+    with pytest.raises(ConfigError, match="roles.k: num_envs 8 is not divisible by k 3"):
+        RolePlan.from_dict({**ok, "k": 3})
+    with pytest.raises(ConfigError, match="roles.mode: collocated needs"):
+        RolePlan.from_dict({**ok, "mode": "collocated"})
+    with pytest.raises(ConfigError, match="roles.env.devices: has 2 entries"):
+        RolePlan.from_dict({**ok, "env": {"ranks": [0], "devices": ["cpu", "cpu"]}})
+    with pytest.raises(ConfigError, match="roles.bogus: unknown key"):
+        RolePlan.from_dict({**ok, "bogus": 1})
+    with pytest.raises(ConfigError, match="roles: roles use ranks"):
+        rp.validate(world_size=4)
+
+
+def test_plan_with_roles_round_trips(tmp_path):
+    cfg = _cfg([{"type": "cpu", "count": 3}], {"cpu": _prof(0.01, 0.004, 0.001, switch=0.01)})
+    best, runner = S.schedule(cfg)
+    plan = S.to_plan(best, samples=24)
+    for name in ("p.yaml", "p.json"):
+        plan.to_file(tmp_path / name)
+        back = Plan.from_file(tmp_path / name)
+        assert back.to_dict() == plan.to_dict() and back.roles == best
+    assert Plan.from_dict({k: v for k, v in plan.to_dict().items() if k != "roles"}).roles is None
+
+
+def test_collocated_is_the_sum_of_role_times_plus_switches():
+    # one rank does everything: T steps of (sample + env) on 8 envs, one bootstrap forward, update, switch
+    cfg = _cfg([{"type": "cpu", "count": 1}], {"cpu": _prof(0.01, 0.002, 0.001, switch=0.05, roll_fixed=0.003)},
+               k_choices=[1])
+    best, runner = S.schedule(cfg)
+    assert best.mode == "collocated" and runner is None
+    p = best.predicted
+    r, e = 0.003 + 0.002 * 8, 0.01 * 8
+    assert p.rollout_s == pytest.approx(3 * (r + e) + r)
+    assert p.train_s == pytest.approx(0.001 * 24) and p.switch_s == 0.05 and p.sync_s == 0.0
+    assert p.iteration_s == pytest.approx(3 * (r + e) + r + 0.024 + 0.05)
+
+
+def test_env_bound_pipeline_is_warmup_plus_bottleneck_times_microbatches():
+    cfg = _cfg([{"type": "cpu", "count": 3}], {"cpu": _prof(0.01, 0.002, 0.001)}, k_choices=[1, 2, 4])
+    for k in (2, 4):
+        rp = RolePlan.from_dict({"mode": "disaggregated", "num_envs": 8, "k": k, "env": {"ranks": [0]},
+                                 "rollout": {"ranks": [1]}, "actor": {"ranks": [2]}})
+        p = S.predict(rp, cfg)
+        m = 8 // k
+        r, e = 0.002 * m, 0.01 * m
+        # warm-up (first inference) + env bottleneck x (T x k micro-batch steps) + last bootstrap forward
+        assert p.rollout_s == pytest.approx(r + 3 * k * e + r)
+    seq = S.predict(RolePlan.from_dict({"mode": "disaggregated", "num_envs": 8, "k": 1, "env": {"ranks": [0]},
+                                        "rollout": {"ranks": [1]}, "actor": {"ranks": [2]}}), cfg)
+    assert seq.rollout_s == pytest.approx(3 * (0.016 + 0.08) + 0.016)
+
+
+def _random_case(rng):
+    types = ["slow", "fast"]
+    pools = [{"type": "slow", "count": rng.randint(1, 3)}, {"type": "fast", "count": rng.randint(1, 2)}]
+    profiles = {}
+    for t in types:
+        profiles[t] = _prof(None if (t == "fast" and rng.random() < 0.5) else rng.uniform(1e-3, 2e-2),
+                            rng.uniform(1e-4, 1e-2), rng.uniform(1e-4, 3e-3), switch=rng.uniform(0, 0.2),
+                            sync=rng.uniform(0, 0.05), env_fixed=rng.uniform(0, 5e-3),
+                            roll_fixed=rng.uniform(0, 5e-3))
+    return _cfg(pools, profiles, num_envs=8, T=rng.randint(1, 4), k_choices=[1, 2, 4, 8],
+                xfer=(rng.uniform(0, 2e-3), rng.uniform(0, 1e-4)))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_search_matches_exhaustive_search_on_synthetic_profiles(seed):
+    cfg = _random_case(random.Random(seed))
+    best = S.search(cfg, top=2)
+    ex = S.exhaustive(cfg)
+    assert best[0].time_s == pytest.approx(ex.time_s, rel=1e-12)
+    assert best[0].time_s <= best[-1].time_s
+    # the chosen plan really has the predicted time and its mode matches its structure
+    rp = best[0].plan
+    assert S.predict(rp, cfg).iteration_s == pytest.approx(best[0].time_s)
+    assert S.classify(rp.env.ranks, rp.rollout.ranks, rp.actor.ranks) == rp.mode
+
+
+def test_scheduler_prefers_pipelining_when_env_bound_and_collocation_when_switching_is_free():
+    env_bound = _cfg([{"type": "cpu", "count": 3}], {"cpu": _prof(0.02, 0.01, 0.0005, switch=0.05, sync=0.001)})
+    best, _ = S.schedule(env_bound)
+    assert best.mode in ("disaggregated", "hybrid") and best.k > 1
+    one_dev = _cfg([{"type": "gpu", "count": 1}, {"type": "cpu", "count": 1}],
+                   {"gpu": _prof(None, 0.0001, 0.0001), "cpu": _prof(0.001, 0.05, 0.05)}, modes=["hybrid"])
+    best, _ = S.schedule(one_dev)
+    assert best.mode == "hybrid" and best.env.device_types == ["cpu"] and best.actor.device_types == ["gpu"]
+
+
+def test_bad_config_errors_name_the_key(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("devices: [{type: tpu, count: 2}]\nworkload: {num_envs: 8, rollout_chunks: 2}\n"
+                 "profiles: {cpu: {rollout: {per_item_s: 1}, actor: {per_item_s: 1}}}\n")
+    with pytest.raises(ConfigError, match=r"devices\[0\].type: 'tpu' has no profile"):
+        S.load_config(str(p))
+    assert S.main(["--rl", str(p)]) == 2
+
+
+def test_cli_prints_choice_and_runner_up(tmp_path, capsys):
+    assert S.main(["--rl", "examples/rl/system_cpu3.yaml", "-o", str(tmp_path / "plan.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "chosen:" in out and "runner-up:" in out and "predicted iteration" in out
+    assert Plan.from_file(tmp_path / "plan.yaml").roles is not None
+
+
+def test_shared_host_cores_bound_the_phases():
+    prof = {"cpu": _prof(0.01, 0.005, 0.001)}
+    col = RolePlan.from_dict({"mode": "collocated", "num_envs": 8, "k": 4, "env": {"ranks": [0, 1, 2, 3]},
+                              "rollout": {"ranks": [0, 1, 2, 3]}, "actor": {"ranks": [0, 1, 2, 3]}})
+    free = S.predict(col, _cfg([{"type": "cpu", "count": 4}], prof))
+    shared = S.build(S.SchedulerConfig, {**to_dict(_cfg([{"type": "cpu", "count": 4}], prof)), "host_cores": 2})
+    p = S.predict(col, shared)
+    work = 3 * 4 * (0.01 * 2 + 0.005 * 2)  # T x k micro-batch steps of env + inference, all on the host
+    assert p.rollout_s == pytest.approx(max(free.rollout_s, work / 2))
+    assert p.rollout_s > free.rollout_s and p.train_s == pytest.approx(4 * 0.001 * 6 / 2)
