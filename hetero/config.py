@@ -12,6 +12,7 @@ offending key, e.g. ``nodes[2].devices.count: must be > 0``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Mapping
@@ -66,6 +67,22 @@ def load_yaml(path: str | Path) -> Any:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(str(p), f"malformed YAML{where}: {problem}") from None
+
+
+def load_json(path: str | Path) -> Any:
+    """Parse a JSON file, turning a missing file or a syntax error into a ConfigError naming the file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(str(p), "file not found")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(str(p), f"malformed JSON (line {e.lineno}): {e.msg}") from None
+
+
+def under_file(path: str | Path, error: ConfigError) -> ConfigError:
+    """``error`` re-raised with the file name in front of its key path (``plan.yaml: stages[1].ranks: ...``)."""
+    return ConfigError(f"{path}: {error.path}" if error.path else str(path), error.message)
 
 
 def _type_name(tp: Any) -> str:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from hetero.autoparallel.roles import RolePlan
-from hetero.config import ConfigError, build, check, load_yaml, to_dict
+from hetero.config import ConfigError, build, check, load_json, load_yaml, to_dict, under_file
 
 PLAN_VERSION = 1
 Schedule = Literal["gpipe", "1f1b", "interleaved_1f1b"]
@@ -268,20 +268,11 @@ class Plan:
     @classmethod
     def from_file(cls, path: str | Path) -> Plan:
         """Read and validate a YAML or JSON plan; errors name the file and key path."""
-        p = Path(path)
-        if p.suffix == ".json":
-            if not p.is_file():
-                raise ConfigError(str(p), "file not found")
-            try:
-                data = json.loads(p.read_text())
-            except json.JSONDecodeError as e:
-                raise ConfigError(str(p), f"malformed JSON (line {e.lineno}): {e.msg}") from None
-        else:
-            data = load_yaml(p)
+        data = load_json(path) if Path(path).suffix == ".json" else load_yaml(path)
         try:
             return cls.from_dict(data)
         except ConfigError as e:
-            raise ConfigError(f"{p}: {e.path}" if e.path else str(p), e.message) from None
+            raise under_file(path, e) from None
 
 
 def _ranges(xs: list[int]) -> str:

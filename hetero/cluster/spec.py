@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from hetero.config import ConfigError, build, check, join, load_yaml
+from hetero.config import ConfigError, build, check, join, load_yaml, under_file
 
 GIB = 1024**3
 DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8")
@@ -268,7 +268,7 @@ class Cluster:
         try:
             return cls.from_dict(data)
         except ConfigError as e:
-            raise ConfigError(f"{path}: {e.path}" if e.path else str(path), e.message) from None
+            raise under_file(path, e) from None
 
     @classmethod
     def from_dict(cls, data: Any) -> Cluster:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hetero.config import ConfigError, build, check, load_yaml, to_dict
+from hetero.config import ConfigError, build, check, load_yaml, to_dict, under_file
 
 DTYPE_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 LayerKind = Literal["embedding", "transformer", "head", "other"]
@@ -171,7 +171,7 @@ class ModelSpec:
         try:
             return cls.from_dict(load_yaml(path))
         except ConfigError as e:
-            raise ConfigError(f"{path}: {e.path}" if e.path else str(path), e.message) from None
+            raise under_file(path, e) from None
 
     @classmethod
     def load(cls, name_or_path: str, *, seq_len: int | None = None) -> ModelSpec:

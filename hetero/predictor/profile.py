@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hetero.config import ConfigError, build, check, to_dict
+from hetero.config import ConfigError, build, check, load_json, to_dict, under_file
 
 PROFILE_VERSION = 1
 
@@ -260,17 +260,11 @@ class DeviceProfile:
     @classmethod
     def from_json(cls, path: str | Path) -> DeviceProfile:
         """Read a profile JSON file."""
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(str(p), "file not found")
-        try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(str(p), f"malformed JSON (line {e.lineno}): {e.msg}") from None
+        data = load_json(path)
         try:
             return cls.from_dict(data)
         except ConfigError as e:
-            raise ConfigError(f"{p}: {e.path}" if e.path else str(p), e.message) from None
+            raise under_file(path, e) from None
 
 
 def fit_link(records: list[CollectiveRecord]) -> tuple[float, float]:

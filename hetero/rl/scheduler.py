@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hetero.autoparallel.roles import Mode, RoleAssignment, RolePlan, RolePrediction
-from hetero.config import ConfigError, build, check, load_yaml
+from hetero.config import ConfigError, build, check, load_yaml, under_file
 
 MODES: tuple[Mode, ...] = ("collocated", "disaggregated", "hybrid")
 # the 7 non-empty role subsets a rank can take, as (env, rollout, actor) flags
@@ -166,7 +166,7 @@ def load_config(path: str) -> SchedulerConfig:
     except ConfigError as e:
         if e.path.startswith(str(path)):
             raise
-        raise ConfigError(f"{path}: {e.path}" if e.path else str(path), e.message) from None
+        raise under_file(path, e) from None
 
 
 # -- cost model -------------------------------------------------------------------------------------------------
