@@ -43,7 +43,9 @@ bad = _suite(rank, size)
 d = hc.describe()
 dist.barrier()
 dist.destroy_process_group()
-print("RESULT " + json.dumps({"rank": rank, "bad": bad, "describe": d}), flush=True)
+# one file per rank: mpiexec merges the ranks' stdout, and lines from different ranks can interleave
+with open(os.path.join(sys.argv[4], f"result_{rank}.json"), "w") as f:
+    json.dump({"rank": rank, "bad": bad, "describe": d}, f)
 '''
 
 
@@ -51,9 +53,11 @@ def _run(tmp_path, n: int, mode: str, types: str = "", env: dict | None = None) 
     script = tmp_path / "mpi_worker.py"
     script.write_text(SCRIPT)
     e = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), **(env or {})}
-    p = subprocess.run([MPIEXEC, "-n", str(n), sys.executable, str(script), str(TESTS), mode, types],
+    out = tmp_path / f"results_{mode}_{n}"
+    out.mkdir()
+    p = subprocess.run([MPIEXEC, "-n", str(n), sys.executable, str(script), str(TESTS), mode, types, str(out)],
                        capture_output=True, text=True, timeout=240, env=e)
-    rows = [json.loads(line[7:]) for line in p.stdout.splitlines() if line.startswith("RESULT ")]
+    rows = [json.loads(f.read_text()) for f in sorted(out.glob("result_*.json"))]
     assert p.returncode == 0 and len(rows) == n, f"rc={p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     return rows
 
