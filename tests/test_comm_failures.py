@@ -52,6 +52,27 @@ def test_size_mismatch_is_caught_before_sending(types):
         assert msgs[2][0] == "CommError" and "output[" in msgs[2][2], msgs[2]
 
 
+def _mismatch_on_third_call(rank: int, world: int):
+    from hetero.communicator import CommError
+
+    msgs = []
+    for n in ((4, 4), (6, 6), (10, 12), (5, 5)):
+        try:
+            dist.all_reduce(torch.ones(n[rank % 2]))
+            msgs.append("ok")
+        except CommError as e:
+            msgs.append(f"CommError {e.op}")
+    return msgs
+
+
+def test_sampled_size_checks_cover_the_scheduled_calls():
+    """HETERO_CHECK_SIZES=2 checks calls 0, 2, 4, ... of each op (the same calls on every rank): a mismatch on
+    call 2 is caught, and the call after a caught mismatch is checked too."""
+    outs = launch(_mismatch_on_third_call, world=2, types=["a", "a"], env={"HETERO_CHECK_SIZES": "2"},
+                  timeout_s=90)
+    assert outs == [["ok", "ok", "CommError all_reduce", "ok"]] * 2, outs
+
+
 def _peer_dies(rank: int, world: int):
     from hetero.communicator import CommError
 
@@ -113,6 +134,9 @@ def test_config_errors_name_the_variable():
         CommConfig.from_env(env={"HETERO_CHUNK_BYTES": "12"})
     with pytest.raises(ConfigError, match="HETERO_CHECK_SIZES"):
         CommConfig.from_env(env={"HETERO_CHECK_SIZES": "maybe"})
+    assert [CommConfig.from_env(env={"HETERO_CHECK_SIZES": v}).check_every for v in ("always", "off", "8", "1")] == \
+        [1, 0, 8, 1]
+    assert CommConfig.from_env(env={}).check_every == 64
     assert CommConfig.from_env(env={"HETERO_BRIDGE": "MPI"}).bridge == "mpi"
 
 

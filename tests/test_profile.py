@@ -14,7 +14,14 @@ import pytest
 
 from hetero.config import ConfigError
 from hetero.predictor.calibrate import GemmEfficiency, mape
-from hetero.predictor.profile import CollectiveRecord, DeviceProfile, GemmRecord, LayerRecord, fit_link
+from hetero.predictor.profile import (
+    CollectiveRecord,
+    DeviceProfile,
+    GemmRecord,
+    LayerRecord,
+    fit_link,
+    fit_op_link,
+)
 
 
 def _profile(**kw) -> DeviceProfile:
@@ -64,6 +71,35 @@ def test_fit_link_recovers_alpha_beta():
     a, b = fit_link(recs)
     assert a == pytest.approx(alpha, rel=1e-6) and b == pytest.approx(bw, rel=1e-6)
     assert fit_link(recs[:1]) == (0.0, 0.0)
+
+
+def test_per_op_links_price_each_collective_by_its_own_records():
+    """gloo's all-reduce is slower than its ring formula over the send/recv link (it also reduces and chunks):
+    each op gets the alpha-beta link its own records imply, and the predictor prices a one-node DP all-reduce
+    with it."""
+    from hetero.cluster.spec import Cluster
+    from hetero.predictor import comm
+
+    p2p = (40e-6, 3e9)  # send/recv link
+    ar = (120e-6, 1e9)  # what all_reduce's own timings imply (2 ranks: 2 alpha + S / B)
+    recs = [CollectiveRecord(op="send_recv", world_size=2, nbytes=n, seconds=p2p[0] + n / p2p[1])
+            for n in (4096, 2**20, 2**24)]
+    recs += [CollectiveRecord(op="all_reduce", world_size=2, nbytes=n, seconds=2 * ar[0] + n / ar[1])
+             for n in (4096, 2**20, 2**24)]
+    assert fit_op_link(recs, "all_reduce") == pytest.approx(ar, rel=1e-6)
+    assert fit_op_link(recs, "send_recv") == pytest.approx(p2p, rel=1e-6)
+    assert fit_op_link(recs, "broadcast") == (0.0, 0.0)
+    prof = _profile(collectives=recs)
+    links = prof.collective_links
+    assert set(links) == {"send_recv", "all_reduce"} and links["all_reduce"].bandwidth == pytest.approx(1e9)
+    cluster = Cluster.from_dict({"name": "c", "nodes": [{"name": "a", "devices": {"type": "cpu", "count": 2}},
+                                                        {"name": "b", "devices": {"type": "cpu", "count": 1}}],
+                                 "network": {"bandwidth_gbps": 8, "latency_us": 10}})
+    assert comm.measured_link(cluster, [0, 1], prof, "all_reduce") is links["all_reduce"]
+    assert comm.measured_link(cluster, [0, 2], prof, "all_reduce") is None  # crosses nodes: cluster numbers
+    n = 40 * 2**20
+    t = comm.dp_allreduce_time(cluster, [0, 1], n, link=links["all_reduce"])
+    assert t == pytest.approx(2 * (2 * ar[0] + n / 2 / ar[1]), rel=1e-6)  # two 25 MiB-max buckets, ring of 2
 
 
 def _synthetic_gemms(rng):

@@ -10,7 +10,7 @@ alternating rounds is kept, which filters the noise of a shared machine): all_re
 send/recv over
   gloo           plain torch.distributed gloo group
   hetero         ``hetero`` group, all ranks one device type (passes straight to gloo; size checks on)
-  hetero-nocheck the same with HETERO_CHECK_SIZES=0
+  hetero-nocheck the same with HETERO_CHECK_SIZES=off
   hetero-2types  ``hetero`` group, ranks split into two device types (hierarchical, gloo bridge)
   hetero-2types-mpibridge  the same with the MPI bridge
   mpi4py         raw mpi4py on numpy buffers
@@ -105,7 +105,7 @@ def worker(args) -> None:
     if args.mode == "local":
         impls["hetero"] = dist.new_group(backend="hetero", timeout=tmo,
                                          pg_options=hc.HeteroOptions(device_type="x", config=cfg))
-        nocheck = CommConfig(**{**cfg.__dict__, "check_sizes": False})
+        nocheck = CommConfig(**{**cfg.__dict__, "check_every": 0})
         impls["hetero-nocheck"] = dist.new_group(backend="hetero", timeout=tmo,
                                                  pg_options=hc.HeteroOptions(device_type="x", config=nocheck))
     impls["hetero-2types"] = dist.new_group(backend="hetero", timeout=tmo,

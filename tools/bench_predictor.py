@@ -14,13 +14,15 @@ not overlapped: DDP's overlap would hide communication inside the backward, wher
 from compute), ``torch.optim.AdamW``. One thread per rank; the CPU demand of a configuration (full-speed ranks
 count 1, a rank emulating a k-times slower device counts 1/k) never exceeds 2 cores.
 
-Shared machines: other processes competing for the cores slow every rank down by a factor no profile can know in
-advance. The profile therefore times compute in thread-CPU seconds (the cost on an idle core; equal to wall time
-on an idle machine), and each rank sums the wall and thread-CPU seconds of its compute blocks during the timed
-steps: their ratio is the run's contention (1 on an idle machine). ``time_mape`` compares the measured step time
-with the prediction from the profile slowed by the run's contention (per device type: the machine's load is
-measured, the step time is still predicted); ``time_mape_unadjusted`` uses the profile as taken (the step time on
-an idle machine). Both agree on an idle machine.
+Shared machines: other tenants of the host slow every core by a factor no profile can know in advance, and it
+drifts over minutes. The profile times compute in thread-CPU seconds (not inflated by other processes of this VM),
+and a fixed single-thread speed probe (one block of each model, forward + backward) is timed right after the
+profile and again before and after each configuration's run. ``time_mape`` compares the measured step time with
+the prediction from the profile rescaled by that drift (probe now / probe at profile time; nothing from the run
+itself feeds the prediction); ``time_mape_unadjusted`` uses the profile as taken. Each rank also reports the wall
+and thread-CPU seconds of its compute blocks (contention > 1: it waited for a core), its process CPU, and the
+seconds of each phase (forward and backward blocks, pipeline, gradient all-reduce, optimizer) next to the
+predicted ones, so a miss can be traced to its phase.
 
 Peak memory on CPU, per rank, is measured in a separate launch of the same configuration (as Sailor's runs do;
 sampling must not disturb the timing), started with ``MALLOC_MMAP_THRESHOLD_=16384`` so glibc serves every
@@ -31,8 +33,9 @@ count), sampled every millisecond and after every forward, backward and optimize
 right after ``init_process_group`` (before the model exists). The prediction compared with it is the predictor's
 per-rank memory minus the profile's runtime baseline (``memory_overhead_bytes``).
 
-    python tools/bench_predictor.py                    # 12 min on the loaded 2-core VM; last line JSON
+    python tools/bench_predictor.py --steps 8          # ~5 min on 2 idle cores; last line JSON
     python tools/bench_predictor.py --quick            # 4 configurations, a quick profile (smoke test)
+    HETERO_BENCH_TRACE=1 python tools/bench_predictor.py --only "PP2"   # also print every compute block
     python tools/bench_predictor.py --sailor ../shared/benchmarks/sailor_validation
 """
 
@@ -142,6 +145,8 @@ def build_cluster(cfg: BenchConfig, prof):
     """One node per run of equal-type ranks; peak/bandwidth from the profile, links from its gloo fit."""
     from hetero.cluster.spec import Cluster
 
+    p2p = prof.collective_links.get("send_recv")  # the physical link: send/recv's own fit
+    bw, lat = (p2p.bandwidth, p2p.latency) if p2p else (prof.link_bandwidth, prof.link_latency_s)
     types, nodes = {}, []
     for slow in rank_types(cfg):
         tid = type_id(slow)
@@ -154,10 +159,10 @@ def build_cluster(cfg: BenchConfig, prof):
             nodes[-1]["devices"]["count"] += 1
         else:
             nodes.append({"name": f"n{len(nodes)}", "devices": {"type": tid, "count": 1},
-                          "intra_link": {"fabric": "gloo-loopback", "bandwidth_gbs": prof.link_bandwidth / 1e9,
-                                         "latency_us": prof.link_latency_s * 1e6}})
+                          "intra_link": {"fabric": "gloo-loopback", "bandwidth_gbs": bw / 1e9,
+                                         "latency_us": lat * 1e6}})
     doc = {"name": "bench", "device_types": list(types.values()), "nodes": nodes,
-           "network": {"bandwidth_gbps": prof.link_bandwidth * 8 / 1e9, "latency_us": prof.link_latency_s * 1e6,
+           "network": {"bandwidth_gbps": bw * 8 / 1e9, "latency_us": lat * 1e6,
                        "fabric": "gloo-loopback"}}
     return Cluster.from_dict(doc), doc
 
@@ -257,18 +262,23 @@ def worker(args: argparse.Namespace) -> int:
     ref = "bench-cpu" if "bench-cpu" in cluster.device_types() else None
     emu = Emulator.from_cluster(cluster, rank, reference=ref) if ref else Emulator(slowdown=cfg.slow(rank // cfg.dp))
     mem = MemorySampler()
-    acct = {"on": job["warmup"] == 0, "wall": 0.0, "cpu": 0.0}
+    acct = {"on": job["warmup"] == 0, "wall": 0.0, "cpu": 0.0, "padded": 0.0, "fwd": 0.0, "bwd": 0.0, "opt": 0.0}
+    phases = {"pipeline": 0.0, "allreduce": 0.0, "optimizer": 0.0}  # wall seconds summed over the timed steps
 
     @contextlib.contextmanager
-    def block():
+    def block(kind: str):
         """One compute block: padded by the emulator; wall and thread-CPU seconds summed (contention factor)."""
         w0, c0 = time.perf_counter(), time.thread_time()
         yield
         w, c = time.perf_counter() - w0, time.thread_time() - c0
+        padded = emu.pad(w)
+        if os.environ.get("HETERO_BENCH_TRACE") and acct["on"]:
+            print(f"TRACE r{rank} {kind} wall {w * 1e3:.2f} cpu {c * 1e3:.2f} padded {padded * 1e3:.2f}", flush=True)
         if acct["on"]:
             acct["wall"] += w
             acct["cpu"] += c
-        emu.pad(w)
+            acct["padded"] += padded
+            acct[kind] += padded
     p, dp = len(cfg.stages), cfg.dp
     s, d = divmod(rank, dp)
     lo, hi = cfg.stages[s]
@@ -309,10 +319,10 @@ def worker(args: argparse.Namespace) -> int:
         def run_pipeline():
             for i in range(cfg.m):
                 sl = slice(i * cfg.mbs, (i + 1) * cfg.mbs)
-                with block():
+                with block("fwd"):
                     out = net(tokens[sl])
                 mem.sample()
-                with block():
+                with block("bwd"):
                     loss = lm_loss(out, targets[sl]) / cfg.m
                     del out
                     loss.backward()
@@ -322,13 +332,13 @@ def worker(args: argparse.Namespace) -> int:
         fwd, bwd = stage.forward_maybe_with_nosync, stage.backward_maybe_with_nosync
 
         def fwd_padded(*a, **k):
-            with block():
+            with block("fwd"):
                 out = fwd(*a, **k)
             mem.sample()
             return out
 
         def bwd_padded(*a, **k):
-            with block():
+            with block("bwd"):
                 out = bwd(*a, **k)
             mem.sample()
             return out
@@ -346,22 +356,32 @@ def worker(args: argparse.Namespace) -> int:
                 sched.step()
 
     def train_step():
+        t0 = time.perf_counter()
         run_pipeline()
+        t1 = time.perf_counter()
         if dp_groups is not None:
             dist.all_reduce(flat, group=dp_groups[s])
             flat.div_(dp)
-        with block():
+        t2 = time.perf_counter()
+        with block("opt"):
             opt.step()
             flat.zero_()
         mem.sample()
+        if acct["on"]:
+            phases["pipeline"] += t1 - t0
+            phases["allreduce"] += t2 - t1
+            phases["optimizer"] += time.perf_counter() - t2
 
     times, peak, persistent = [], 0, 0
+    ru0 = None
     if job["mode"] == "time":
         for it in range(job["warmup"] + job["steps"]):
             dist.barrier()
             t0 = time.perf_counter()
             train_step()
             dist.barrier()
+            if it + 1 == job["warmup"]:
+                ru0 = resource.getrusage(resource.RUSAGE_SELF)
             if it >= job["warmup"]:
                 times.append(time.perf_counter() - t0)
             acct["on"] = it + 1 >= job["warmup"]
@@ -377,12 +397,33 @@ def worker(args: argparse.Namespace) -> int:
         persistent = anon_rss()  # after the step: weights, gradients, AdamW state, pipeline buffers
     Path(args.out).write_text(json.dumps({"rank": rank, "times": times, "baseline_rss": baseline, "peak_rss": peak,
                                           "persistent_rss": persistent,
+                                          "process_cpu_s": ((lambda r: r.ru_utime + r.ru_stime)(resource.getrusage(resource.RUSAGE_SELF)) - ru0.ru_utime - ru0.ru_stime) / max(len(times), 1) if ru0 else 0.0,
+                                          "compute_cpu_s": acct["cpu"] / max(len(times), 1),
+                                          "phases_s": {k: v / max(len(times), 1) for k, v in phases.items()},
+                                          "blocks_s": {k: acct[k] / max(len(times), 1) for k in ("fwd", "bwd", "opt")},
                                           "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                                           "slowdown": emu.slowdown,
                                           "contention": acct["wall"] / acct["cpu"] if acct["cpu"] > 0 else 1.0, "params": sum(q.numel() for q in params)}))
     dist.barrier()
     dist.destroy_process_group()
     return 0
+
+
+def speed_probe(reps: int = 3) -> float:
+    """Thread-CPU seconds of a fixed reference workload on one thread: forward + backward of one block of each
+    benchmark model (micro-batch 2), best of ``reps``. The ratio of two probes is how much faster or slower this
+    shared machine runs now than when the profile was taken (other tenants of the host slow every core)."""
+    from hetero.predictor.microbench import time_layer
+
+    best = float("inf")
+    for _ in range(reps):
+        t = 0.0
+        for kw in MODELS.values():
+            r = time_layer(dict(kind="transformer", hidden=kw["hidden"], heads=kw["heads"], seq=kw["seq_len"], mbs=2),
+                           clock=time.thread_time, min_time=0.05)
+            t += r.fwd_s + r.bwd_s
+        best = min(best, t)
+    return best
 
 
 def _free_port() -> int:
@@ -475,6 +516,11 @@ def main(argv: list[str] | None = None) -> int:
     con.print(f"profile: fp32 {prof.peak_flops['fp32'] / 1e9:.1f} GFLOP/s, {prof.memory_bandwidth / 1e9:.1f} GB/s, "
               f"gloo alpha {prof.link_latency_s * 1e6:.0f} us, {prof.link_bandwidth / 1e9:.2f} GB/s, "
               f"baseline {prof.memory_overhead_bytes / 2**20:.0f} MiB")
+    import torch
+
+    torch.set_num_threads(1)
+    probe0 = speed_probe()
+    con.print(f"speed probe: {probe0 * 1e3:.2f} ms (reference for the drift of this machine's speed)")
     steps, warmup = (2, 1) if args.quick else (args.steps, args.warmup)
     cfgs = [c for c in configs(args.quick) if not args.only or args.only in c.name]
     rows = []
@@ -487,21 +533,19 @@ def main(argv: list[str] | None = None) -> int:
         report = predict_detailed(cluster, spec, plan, profiles=profiles)
         pred = report.prediction
         t0 = time.perf_counter()
+        probe_before = speed_probe()
         res = run_config(cfg, doc, mode="time", steps=steps, warmup=warmup, timeout=600)
+        drift = (probe_before + speed_probe()) / 2 / probe0  # > 1: the machine runs slower than when profiled
         mres = run_config(cfg, doc, mode="memory", steps=0, warmup=0, timeout=600)
         wall = time.perf_counter() - t0
         measured = statistics.median(res[0]["times"])
-        # contention: wall / thread-CPU seconds of the compute blocks, per device type (1 on an idle machine);
-        # the adjusted prediction rescales the profile from its own contention to the run's
-        run_c: dict[str, list[float]] = {}
-        for r in res:
-            run_c.setdefault(type_id(rank_types(cfg)[r["rank"]]), []).append(r["contention"])
-        base_c = 1.0 if prof.clock == "thread_cpu" else prof.contention
-        adj_profiles = {t: p_.scaled(device=t, scale=base_c / statistics.mean(run_c[t])) for t, p_ in profiles.items()}
+        # the adjusted prediction rescales the profile's compute by the speed probes taken around this run (nothing
+        # from the run itself); contention (wall / thread-CPU seconds of the compute blocks: > 1 when the ranks
+        # waited for a core) is reported as a diagnostic only
+        adj_profiles = {t: p_.scaled(device=t, scale=1 / drift) for t, p_ in profiles.items()}
         pred_adj = predict_detailed(cluster, spec, plan, profiles=adj_profiles).prediction
-        contention = statistics.mean(c for v in run_c.values() for c in v)
+        contention = statistics.mean(r["contention"] for r in res)
         mem_meas = {r["rank"]: r["peak_rss"] - r["baseline_rss"] for r in mres}
-        mem_abs = {r["rank"]: r["maxrss"] for r in mres}
         mem_pred = {r: pred.rank_memory_bytes[r] - prof.memory_overhead_bytes for r in mem_meas}
         worst = max(mem_meas, key=lambda r: mem_meas[r])
         wr = next(r for r in mres if r["rank"] == worst)
@@ -511,14 +555,23 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(dict(name=cfg.name, world=cfg.world, cpu_demand=round(cfg.cpu_demand, 2),
                          time_measured_s=measured, time_predicted_s=pred_adj.step_time_s,
                          time_predicted_unadjusted_s=pred.step_time_s, contention=round(contention, 3),
+                         speed_drift=round(drift, 3),
                          step_times_s=res[0]["times"], mem_measured_bytes=mem_meas, mem_predicted_bytes=mem_pred,
-                         mem_abs_measured_bytes=mem_abs, mem_abs_predicted_bytes=dict(pred.rank_memory_bytes),
-                         worst_rank=worst, memory_breakdown=breakdown, wall_s=round(wall, 1)))
+                         mem_abs_predicted_bytes=dict(pred.rank_memory_bytes),
+                         worst_rank=worst, memory_breakdown=breakdown,
+                         phases_s={r["rank"]: r["phases_s"] for r in res}, blocks_s={r["rank"]: r["blocks_s"] for r in res}, wall_s=round(wall, 1)))
         con.print(f"{cfg.name:34s} step {measured:7.3f} s  pred {pred_adj.step_time_s:7.3f} s "
                   f"({(pred_adj.step_time_s / measured - 1) * 100:+5.1f}%; unadjusted {pred.step_time_s:.3f} s, "
-                  f"contention {contention:.2f} vs profile {prof.contention:.2f})  mem r{worst} {mem_meas[worst] / 2**20:6.1f} "
+                  f"speed drift {drift:.2f}, contention {contention:.2f})  mem r{worst} {mem_meas[worst] / 2**20:6.1f} "
                   f"MiB pred {mem_pred[worst] / 2**20:6.1f} MiB ({(mem_pred[worst] / mem_meas[worst] - 1) * 100:+5.1f}%)"
                   f"  [{wall:.0f} s]")
+        for r in sorted(res, key=lambda r: r["rank"]):
+            st = report.stages[r["rank"] // cfg.dp]
+            ph, bl = r["phases_s"], r["blocks_s"]
+            con.print(f"    r{r['rank']} process CPU {r['process_cpu_s']:.3f} s/step, compute-thread CPU {r['compute_cpu_s']:.3f}")
+            con.print(f"    r{r['rank']} s  fwd {bl['fwd']:.3f} (pred {cfg.m * st.fwd_s[0]:.3f})  bwd {bl['bwd']:.3f} "
+                      f"(pred {cfg.m * st.bwd_s[0]:.3f})  pipeline {ph['pipeline']:.3f}  allreduce {ph['allreduce']:.3f} "
+                      f"(pred {st.allreduce_s:.3f})  optimizer {ph['optimizer']:.3f} (pred {st.optimizer_s:.3f})")
         con.print("    memory MiB: persistent {state_measured:.1f} (pred. weights+grads+AdamW {state_predicted:.1f}); "
                   "peak above it {rest_measured:.1f} (pred. activations {activations_predicted:.1f})".format(
                       **{k: v / 2**20 for k, v in breakdown.items()}))
@@ -542,18 +595,16 @@ def main(argv: list[str] | None = None) -> int:
     Console().print(table)
     all_ranks_meas = [v for r in rows for v in r["mem_measured_bytes"].values()]
     all_ranks_pred = [r["mem_predicted_bytes"][k] for r in rows for k in r["mem_measured_bytes"]]
-    abs_meas = [v for r in rows for v in r["mem_abs_measured_bytes"].values()]
-    abs_pred = [r["mem_abs_predicted_bytes"][k] for r in rows for k in r["mem_abs_measured_bytes"]]
     load = os.getloadavg()
     summary = {"configs": len(rows), "time_mape": round(statistics.mean(t_err), 2),
                "mem_mape": round(statistics.mean(m_err), 2),
                "time_mape_unadjusted": round(statistics.mean(t_err_raw), 2),
                "profile_contention": round(prof.contention, 3),
                "load_avg_1min": [round(load_before[0], 2), round(load[0], 2)]}
-    print(f"time MAPE {summary['time_mape']:.2f}% (max {max(t_err):.1f}%; without the contention adjustment "
+    print(f"time MAPE {summary['time_mape']:.2f}% (max {max(t_err):.1f}%; without the speed-drift adjustment "
           f"{summary['time_mape_unadjusted']:.2f}%), memory MAPE (busiest rank, above the "
           f"process baseline) {summary['mem_mape']:.2f}% (max {max(m_err):.1f}%); all ranks "
-          f"{mape(all_ranks_pred, all_ranks_meas):.2f}%; ru_maxrss (code pages included) vs prediction incl. baseline {mape(abs_pred, abs_meas):.2f}%; "
+          f"{mape(all_ranks_pred, all_ranks_meas):.2f}%; "
           f"{time.perf_counter() - t_start:.0f} s; load average after {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"rows": rows, "summary": summary,

@@ -193,6 +193,8 @@ class HeteroProcessGroup(dist.ProcessGroup):
         self.topo = Topology.build(rank=rank, declarations=decls)
         self.groups = _build_groups(store, self.topo, cfg, name)
         self._worker = None if self.topo.single_type else _Worker(f"hetero-comm-{name}")
+        self._calls: dict[str, int] = {}  # calls per op on this group (the size-check schedule)
+        self._recheck = False
         self._map = _describe(self.topo, self.groups, cfg, name)
         _log_map(self._map, rank)
 
@@ -222,9 +224,15 @@ class HeteroProcessGroup(dist.ProcessGroup):
 
     # -- helpers --------------------------------------------------------------------------------------------
     def _check(self, op: str, *values: int) -> None:
-        """All ranks must call ``op`` with the same (numel, dtype, root, ...); raise CommError otherwise."""
-        if not self.cfg.check_sizes:
+        """All ranks must call ``op`` with the same (numel, dtype, root, ...); raise CommError otherwise. Runs on
+        the first call of ``op`` and every ``cfg.check_every``-th after (the same calls on every rank), and on the
+        call after a caught mismatch."""
+        every = self.cfg.check_every
+        n = self._calls.get(op, 0)
+        self._calls[op] = n + 1
+        if every <= 0 or (n % every and not self._recheck):
             return
+        self._recheck = False
         me = torch.tensor([_OP_CODES[op], *values], dtype=torch.int64)
         outs = [torch.empty_like(me) for _ in range(self.size())]
         self.groups.world.call(op, lambda: self.groups.world.backend.allgather([outs], [me],
@@ -232,6 +240,7 @@ class HeteroProcessGroup(dist.ProcessGroup):
         rows = [o.tolist() for o in outs]
         bad = [r for r in range(len(rows)) if rows[r] != rows[self.rank()]]
         if bad:
+            self._recheck = True  # every rank saw it: check the next call too
             names = ["op", "numel", "dtype", "root", "extra"]
             detail = "; ".join(f"rank {r}: " + ", ".join(f"{names[i]}={v}" for i, v in enumerate(rows[r]))
                                for r in [self.rank(), *bad])
@@ -598,7 +607,7 @@ def _describe(topo: Topology, g: H.Groups, cfg: CommConfig, name: str) -> dict:
     return {"backend": "hetero", "name": name, "rank": topo.rank, "size": topo.size,
             "rank_types": list(topo.rank_types),
             "hierarchical": (not topo.single_type) and cfg.hierarchical,
-            "check_sizes": cfg.check_sizes, "groups": groups}
+            "check_every": cfg.check_every, "groups": groups}
 
 
 def _log_map(m: dict, rank: int) -> None:

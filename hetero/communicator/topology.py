@@ -42,8 +42,10 @@ class CommConfig:
     """Bytes per staging chunk when a device tensor crosses to host memory (copy of chunk i+1 overlaps send of i)."""
     pipeline_bytes: int = 1 << 20
     """Chunk size of the pipelined hierarchical all_reduce on host tensors (in-type and bridge steps overlap)."""
-    check_sizes: bool = True
-    """Exchange (op, numel, dtype, root) before each collective and raise on mismatch (HETERO_CHECK_SIZES=0 off)."""
+    check_every: int = 64
+    """Exchange (op, numel, dtype, root) before the first call of each op on a group and every Nth call after, and
+    raise on mismatch (1: every call; 0: never). Every rank issues the same calls in the same order, so all ranks
+    check the same calls; a check costs one small all_gather (HETERO_CHECK_SIZES=N, or always / off)."""
     hierarchical: bool = True
     """Reduce/gather inside each type first and cross types once per type (HETERO_HIERARCHICAL=0: flat host ops)."""
 
@@ -52,6 +54,7 @@ class CommConfig:
         check(self.bridge in BRIDGES, "bridge", f"must be one of {', '.join(BRIDGES)}, got {self.bridge!r}")
         check(self.chunk_bytes >= 4096, "chunk_bytes", f"must be >= 4096, got {self.chunk_bytes}")
         check(self.pipeline_bytes >= 4096, "pipeline_bytes", f"must be >= 4096, got {self.pipeline_bytes}")
+        check(self.check_every >= 0, "check_every", f"must be >= 0, got {self.check_every}")
 
     @property
     def timeout(self) -> timedelta:
@@ -74,11 +77,16 @@ class CommConfig:
             kw["chunk_bytes"] = _env_int(env, "HETERO_CHUNK_BYTES")
         if "HETERO_PIPELINE_BYTES" in env:
             kw["pipeline_bytes"] = _env_int(env, "HETERO_PIPELINE_BYTES")
-        for var, key in (("HETERO_CHECK_SIZES", "check_sizes"), ("HETERO_HIERARCHICAL", "hierarchical")):
-            if var in env:
-                v = env[var].strip().lower()
-                check(v in ("0", "1", "true", "false"), var, f"must be 0 or 1, got {env[var]!r}")
-                kw[key] = v in ("1", "true")
+        if "HETERO_CHECK_SIZES" in env:
+            v = env["HETERO_CHECK_SIZES"].strip().lower()
+            words = {"always": 1, "true": 1, "on": 1, "off": 0, "false": 0}
+            check(v in words or (v.isdigit()), "HETERO_CHECK_SIZES",
+                  f"must be always, off or a call interval N >= 0, got {env['HETERO_CHECK_SIZES']!r}")
+            kw["check_every"] = words[v] if v in words else int(v)
+        if "HETERO_HIERARCHICAL" in env:
+            v = env["HETERO_HIERARCHICAL"].strip().lower()
+            check(v in ("0", "1", "true", "false"), "HETERO_HIERARCHICAL", f"must be 0 or 1, got {env['HETERO_HIERARCHICAL']!r}")
+            kw["hierarchical"] = v in ("1", "true")
         try:
             return cls(**kw)
         except ConfigError as e:

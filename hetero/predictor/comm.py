@@ -85,6 +85,16 @@ def hierarchical_allreduce_time(nbytes: float, groups: Sequence[tuple[int, Link]
     return inside + across + back
 
 
+def measured_link(cluster: Cluster, ranks: Sequence[int], profile, op: str) -> Link | None:
+    """``profile``'s fitted link for ``op`` (``DeviceProfile.collective_links``) when all ``ranks`` share one node,
+    the fabric a profile measures; None otherwise (the cluster's numbers apply)."""
+    links = getattr(profile, "collective_links", None) if profile is not None else None
+    if not links or op not in links:
+        return None
+    devs = cluster.devices()
+    return links[op] if len({devs[r][1].name for r in ranks}) == 1 else None
+
+
 def group_link(cluster: Cluster, ranks: Sequence[int]) -> Link:
     """The bottleneck link of a collective over ``ranks``: the intra-node link when all share a node, else the
     slowest inter-node link between the nodes involved (with its largest latency)."""
@@ -106,9 +116,11 @@ def group_link(cluster: Cluster, ranks: Sequence[int]) -> Link:
     return Link(fabric=links[0].fabric, bandwidth=bw, latency=lat)
 
 
-def dp_allreduce_time(cluster: Cluster, ranks: Sequence[int], nbytes: float, *, bucket_bytes: float = 25 * 2**20) -> float:
+def dp_allreduce_time(cluster: Cluster, ranks: Sequence[int], nbytes: float, *, bucket_bytes: float = 25 * 2**20,
+                      link: Link | None = None) -> float:
     """Gradient all-reduce of ``nbytes`` over the DP group ``ranks`` in buckets (as DDP does), hierarchical when
-    the group spans device types."""
+    the group spans device types. ``link`` replaces the cluster's link for a single-type group (a measured
+    all-reduce fit, ``DeviceProfile.collective_links``)."""
     n = len(ranks)
     if n <= 1 or nbytes <= 0:
         return 0.0
@@ -119,6 +131,8 @@ def dp_allreduce_time(cluster: Cluster, ranks: Sequence[int], nbytes: float, *, 
     buckets = max(1, math.ceil(nbytes / bucket_bytes))
     size = nbytes / buckets
     if len(by_type) == 1:
+        if link is not None:
+            return buckets * allreduce_time(size, n, link, algo="ring")
         return buckets * allreduce_time(size, n, group_link(cluster, ranks))
     groups = [(len(rs), group_link(cluster, rs)) for rs in by_type.values()]
     leaders = [rs[0] for rs in by_type.values()]

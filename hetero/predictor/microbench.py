@@ -9,7 +9,7 @@
   backward separately, over hidden size, sequence length and micro-batch size (``calibrate.LayerEfficiency``);
 * AdamW steps over block-shaped parameter sets of growing size (``DeviceProfile.optimizer_time``);
 * gloo collectives (all_reduce, all_gather, broadcast, send/recv) between 2 local processes over sizes
-  4 KiB - 4 MiB, with a latency/bandwidth fit; each worker also reports its resident memory after init, the
+  4 KiB - 64 MiB, with a latency/bandwidth fit; each worker also reports its resident memory after init, the
   runtime baseline (``memory_overhead_bytes``).
 
     python -m hetero.predictor.microbench --quick -o /tmp/profile.json     # same as `hetero profile --quick`
@@ -244,15 +244,17 @@ def time_layer(shape: dict, *, device: str = "cpu", dtype: str = "fp32", min_tim
                        fwd_s=statistics.median(fs), bwd_s=statistics.median(bs))
 
 
-def time_adamw(hidden: int, blocks: int, *, device: str = "cpu", min_time: float = 0.03,
+def time_adamw(hidden: int, blocks: int, *, vocab: int = 0, device: str = "cpu", min_time: float = 0.03,
                clock: Callable[[], float] = time.perf_counter) -> OptimizerRecord:
-    """Seconds of one ``torch.optim.AdamW`` step over ``blocks`` transformer blocks' parameters of width
-    ``hidden`` (default per-tensor implementation on CPU), gradients present."""
+    """Seconds of one ``torch.optim.AdamW`` step over a model-shaped parameter set: ``blocks`` transformer blocks of
+    width ``hidden`` plus, with ``vocab``, an embedding and an LM head of ``vocab x hidden`` (large tensors whose
+    update streams from memory, unlike a block's cache-sized ones); default implementation, gradients present."""
     import torch
 
     shapes = [(3 * hidden, hidden), (3 * hidden,), (hidden, hidden), (hidden,), (4 * hidden, hidden), (4 * hidden,),
               (hidden, 4 * hidden), (hidden,), (hidden,), (hidden,), (hidden,), (hidden,)]
-    params = [torch.zeros(s, device=device, requires_grad=True) for _ in range(blocks) for s in shapes]
+    shapes = shapes * blocks + ([(vocab, hidden), (vocab, hidden)] if vocab else [])
+    params = [torch.zeros(s, device=device, requires_grad=True) for s in shapes]
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
     opt = torch.optim.AdamW(params, lr=1e-4)
@@ -405,8 +407,10 @@ def profile_device(cfg: ProfileConfig, *, progress: bool = True) -> DeviceProfil
         torch.set_num_threads(cfg.threads)
     gemms = gemm_grid(cfg.quick)
     layers = layer_grid(cfg.quick) + list(cfg.layer_grid)
-    adam = [(64, 2), (128, 4), (256, 4)] if cfg.quick else [(64, 2), (128, 4), (256, 4), (512, 4), (512, 8)]
-    sizes = [4096, 2**20] if cfg.quick else [4096, 65536, 2**20, 4 * 2**20]
+    adam = ([(64, 2, 1024), (128, 4, 2048), (256, 4, 4096)] if cfg.quick else
+            [(64, 2, 1024), (128, 4, 2048), (256, 4, 4096), (256, 8, 8192), (512, 4, 8192), (512, 8, 16384)])
+    # up to 64 MiB: large gradient buckets run out of cache and reduce at memory speed, which small sizes miss
+    sizes = [4096, 2**20] if cfg.quick else [4096, 65536, 2**20, 4 * 2**20, 16 * 2**20, 64 * 2**20]
     do_coll = cfg.collectives and cfg.device == "cpu"
     total = len(gemms) * len(cfg.dtypes) + 1 + len(layers) + len(adam) + (1 if do_coll else 0)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -431,8 +435,8 @@ def profile_device(cfg: ProfileConfig, *, progress: bool = True) -> DeviceProfil
             contention = (time.perf_counter() - w0) / max(time.thread_time() - c0, 1e-9)
             bar.update(task, description="AdamW")
             opt_recs = []
-            for h, nb in adam:
-                opt_recs.append(time_adamw(h, nb, device=cfg.device, min_time=cfg.min_time_s, clock=clock))
+            for h, nb, v in adam:
+                opt_recs.append(time_adamw(h, nb, vocab=v, device=cfg.device, min_time=cfg.min_time_s, clock=clock))
                 advance()
             coll, rss, runtime = [], 0, 0
             if do_coll:

@@ -123,8 +123,11 @@ def predict_detailed(cluster: Cluster, model: ModelSpec, plan: Plan, *, profiles
         lo, hi = st.layers
         params = sum(layer.params for layer in model.layers[lo:hi]) / st.tp
         grad_bytes = params * 4  # fp32 gradients are reduced (Megatron main_grad)
-        ar = max((comm.dp_allreduce_time(cluster, [st.rank(d, t) for d in range(st.dp)], grad_bytes)
-                  for t in range(st.tp)), default=0.0)
+        ar = 0.0
+        for t in range(st.tp):
+            group = [st.rank(d, t) for d in range(st.dp)]
+            link = comm.measured_link(cluster, group, prof, "all_reduce")
+            ar = max(ar, comm.dp_allreduce_time(cluster, group, grad_bytes, link=link))
         opt = optimizer_step_time(params, dev, profile=prof)
         done = max(sim.finish[s] for sim in sims)
         step = max(step, done + ar + opt)

@@ -223,6 +223,21 @@ class DeviceProfile:
         fixed = max(my - slope * mx, 0.0)
         return fixed + slope * params
 
+    @functools.cached_property
+    def collective_links(self) -> dict[str, Any]:
+        """Per collective op, the alpha-beta ``Link`` that best explains that op's own records through its ring
+        formula (``fit_op_link``): gloo's all-reduce also pays the reduction and its chunking, so one link fitted
+        to send/recv under-prices it. Empty without records."""
+        ops = sorted({r.op for r in self.collectives})
+        out = {}
+        for op in ops:
+            alpha, bw = fit_op_link(self.collectives, op)
+            if bw > 0:
+                from hetero.cluster.spec import Link
+
+                out[op] = Link(fabric=f"profiled-{op}", bandwidth=bw, latency=alpha)
+        return out
+
     # -- derived profiles
     def scaled(self, *, device: str, scale: float) -> DeviceProfile:
         """The profile of a device ``scale`` times as fast (an emulated slower device for ``scale < 1``): every
@@ -265,6 +280,40 @@ class DeviceProfile:
             return cls.from_dict(data)
         except ConfigError as e:
             raise under_file(path, e) from None
+
+
+# per op: (number of alpha terms, bytes over the link per byte of message) of its ring formula for n ranks
+_OP_SHAPE = {
+    "send_recv": lambda n: (1.0, 1.0),
+    "all_reduce": lambda n: (2.0 * (n - 1), 2.0 * (n - 1) / n),
+    "all_gather": lambda n: (n - 1.0, (n - 1) / n),
+    "reduce_scatter": lambda n: (n - 1.0, (n - 1) / n),
+    "broadcast": lambda n: (n - 1.0, 1.0),
+}
+
+
+def fit_op_link(records: list[CollectiveRecord], op: str) -> tuple[float, float]:
+    """(alpha seconds, bandwidth bytes/s) fitted to the records of one collective ``op`` through its ring formula
+    (``comm``'s cost model), least squares on relative error; (0, 0) with fewer than two message sizes."""
+    import numpy as np
+
+    if op not in _OP_SHAPE:
+        return 0.0, 0.0
+    rows, ys = [], []
+    for r in records:
+        if r.op == op and r.world_size > 1 and r.seconds > 0:
+            na, nb = _OP_SHAPE[op](r.world_size)
+            rows.append((na, nb * r.nbytes))
+            ys.append(r.seconds)
+    if len({b for _, b in rows}) < 2:
+        return 0.0, 0.0
+    a = np.array(rows) / np.array(ys)[:, None]
+    sol, *_ = np.linalg.lstsq(a, np.ones(len(ys)), rcond=None)
+    alpha, inv_b = float(sol[0]), float(sol[1])
+    if inv_b <= 0:
+        big = max(range(len(ys)), key=lambda i: rows[i][1])
+        inv_b, alpha = ys[big] / rows[big][1], 0.0
+    return max(alpha, 0.0), 1.0 / inv_b
 
 
 def fit_link(records: list[CollectiveRecord]) -> tuple[float, float]:
