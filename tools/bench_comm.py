@@ -5,10 +5,11 @@ slow link between two device types (emulated with two network namespaces joined 
     python tools/bench_comm.py --sizes-mb 1,4 --worlds 2 --no-netns    # quick look
 
 Part 1 (one ``mpiexec`` launch per world size, all implementations side by side in the same processes; each
-sample times one op started after a barrier, the slowest rank's time counts, and the best sample of ``--rounds``
-alternating rounds is kept, which filters the noise of a shared machine): all_reduce, all_gather, broadcast,
-send/recv over
+sample times one op started after a barrier, the slowest rank's time counts, and the median of all samples of
+``--rounds`` alternating rounds is kept): all_reduce, all_gather, broadcast, send/recv over
   gloo           plain torch.distributed gloo group
+  gloo-control   a second plain gloo group: the same library measured again, so control_vs_native_min is the
+                 noise floor of a per-cell minimum ratio on this machine
   hetero         ``hetero`` group, all ranks one device type (passes straight to gloo; size checks on)
   hetero-nocheck the same with HETERO_CHECK_SIZES=off
   hetero-2types  ``hetero`` group, ranks split into two device types (hierarchical, gloo bridge)
@@ -20,7 +21,7 @@ is torn down in ``finally``.
 
 Bus bandwidth as in nccl-tests: all_reduce S/t*2(n-1)/n, all_gather (S = whole output) S/t*(n-1)/n,
 broadcast S/t, send/recv (pairs exchanging S both ways) S/t. The last line printed is one JSON object:
-{"hetero_vs_native_min", "hier_vs_flat_allreduce", "hier_vs_flat_allreduce_single_machine",
+{"hetero_vs_native_min", "control_vs_native_min", "hier_vs_flat_allreduce", "hier_vs_flat_allreduce_single_machine",
  "mpi_vs_gloo_1_4mb", "mpi_bridge_vs_gloo_bridge_1_4mb", "rows": [...]} (ratios of bus bandwidth, higher is better).
 """
 
@@ -32,6 +33,7 @@ import math
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -103,6 +105,7 @@ def worker(args) -> None:
     impls: dict[str, object] = {"gloo": dist.group.WORLD}
     cfg = CommConfig.from_env(timeout=tmo)
     if args.mode == "local":
+        impls["gloo-control"] = dist.new_group(backend="gloo", timeout=tmo)  # the same library again: noise floor
         impls["hetero"] = dist.new_group(backend="hetero", timeout=tmo,
                                          pg_options=hc.HeteroOptions(device_type="x", config=cfg))
         nocheck = CommConfig(**{**cfg.__dict__, "check_every": 0})
@@ -129,7 +132,7 @@ def worker(args) -> None:
         rbuf = torch.empty(n)
         arr, outarr, recvarr = buf.numpy(), torch.empty(n).numpy(), rbuf.numpy()
         for op in ops:
-            best: dict[str, float] = {}
+            pooled: dict[str, list[float]] = {}
             for _ in range(args.rounds):
                 for name, g in impls.items():
                     def run(name=name, g=g, op=op, arr=arr, outarr=outarr, recvarr=recvarr, buf=buf, outs=outs,
@@ -147,10 +150,11 @@ def worker(args) -> None:
                         run()
                         samples[i] = time.perf_counter() - t0
                     dist.all_reduce(samples, op=dist.ReduceOp.MAX)
-                    best[name] = min(best.get(name, math.inf), samples.min().item())
+                    pooled.setdefault(name, []).extend(samples.tolist())
                     buf.fill_(1.0)
             if rank == 0:
-                for name, t in best.items():
+                for name, ts in pooled.items():
+                    t = statistics.median(ts)
                     row = {"part": args.mode, "impl": name, "op": op, "world": world, "mb": mb,
                            "time_ms": round(t * 1e3, 3), "busbw_gbs": round(_busbw(op, mb << 20, t, world) / 1e9, 4)}
                     print("ROW " + json.dumps(row), flush=True)
@@ -283,6 +287,8 @@ def summarize(rows: list[dict]) -> dict:
     return {
         "hetero_vs_native_min": round(min(native), 4) if native else None,
         "hetero_vs_native_geomean": _geo(native),
+        "control_vs_native_min": (round(min(x), 4) if (x := _ratios(rows, "gloo-control", "gloo", "local"))
+                                  else None),
         "hetero_nocheck_vs_native_min": (round(min(x), 4) if (x := _ratios(rows, "hetero-nocheck", "gloo", "local"))
                                          else None),
         "hier_vs_flat_allreduce": _geo(_ratios(rows, "hetero-2types", "gloo", "netns", ("all_reduce",))),
