@@ -5,8 +5,9 @@ slow link between two device types (emulated with two network namespaces joined 
     python tools/bench_comm.py --sizes-mb 1,4 --worlds 2 --no-netns    # quick look
 
 Part 1 (one ``mpiexec`` launch per world size, all implementations side by side in the same processes; each
-sample times one op started after a barrier, the slowest rank's time counts, and the median of all samples of
-``--rounds`` alternating rounds is kept): all_reduce, all_gather, broadcast, send/recv over
+sample times one op started after a barrier, the slowest rank's time counts; the implementations take turns
+sample by sample, so a slow spell of the shared machine hits them all alike; ``--rounds`` x a size-dependent count
+of samples each, and the median is kept): all_reduce, all_gather, broadcast, send/recv over
   gloo           plain torch.distributed gloo group
   gloo-control   a second plain gloo group: the same library measured again, so control_vs_native_min is the
                  noise floor of a per-cell minimum ratio on this machine
@@ -132,26 +133,24 @@ def worker(args) -> None:
         rbuf = torch.empty(n)
         arr, outarr, recvarr = buf.numpy(), torch.empty(n).numpy(), rbuf.numpy()
         for op in ops:
-            pooled: dict[str, list[float]] = {}
-            for _ in range(args.rounds):
-                for name, g in impls.items():
-                    def run(name=name, g=g, op=op, arr=arr, outarr=outarr, recvarr=recvarr, buf=buf, outs=outs,
-                            rbuf=rbuf):
-                        if name == "mpi4py":
-                            _mpi_op(op, g, arr, outarr, recvarr, rank, world, MPI)
-                        else:
-                            _torch_op(op, g, buf, outs, rbuf, rank, world)
-                    run()  # warm-up
-                    it = _iters(mb)
-                    samples = torch.empty(it, dtype=torch.float64)
-                    for i in range(it):  # each sample: all ranks start together, slowest rank's time counts
-                        dist.barrier()
-                        t0 = time.perf_counter()
-                        run()
-                        samples[i] = time.perf_counter() - t0
-                    dist.all_reduce(samples, op=dist.ReduceOp.MAX)
-                    pooled.setdefault(name, []).extend(samples.tolist())
-                    buf.fill_(1.0)
+            def run(name, op=op, arr=arr, outarr=outarr, recvarr=recvarr, buf=buf, outs=outs, rbuf=rbuf):
+                if name == "mpi4py":
+                    _mpi_op(op, impls[name], arr, outarr, recvarr, rank, world, MPI)
+                else:
+                    _torch_op(op, impls[name], buf, outs, rbuf, rank, world)
+            for name in impls:
+                run(name)  # warm-up
+            it = _iters(mb) * args.rounds
+            samples = torch.empty(len(impls), it, dtype=torch.float64)
+            for i in range(it):  # implementations interleaved per sample: a slow spell of the machine hits all
+                for j, name in enumerate(impls):
+                    dist.barrier()  # each sample: all ranks start together, slowest rank's time counts
+                    t0 = time.perf_counter()
+                    run(name)
+                    samples[j, i] = time.perf_counter() - t0
+                buf.fill_(1.0)
+            dist.all_reduce(samples, op=dist.ReduceOp.MAX)
+            pooled = {name: samples[j].tolist() for j, name in enumerate(impls)}
             if rank == 0:
                 for name, ts in pooled.items():
                     t = statistics.median(ts)
@@ -305,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes-mb", default="1,4,16,64", help="message sizes in MB (comma list)")
     p.add_argument("--worlds", default="2,4", help="world sizes (comma list)")
     p.add_argument("--ops", default=",".join(OPS), help="ops (comma list)")
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best time of each impl is kept")
+    p.add_argument("--rounds", type=int, default=3, help="samples per cell = rounds x a size-dependent count (10 at 1 MB, 2 at 64 MB); median kept")
     p.add_argument("--no-mpi", dest="mpi", action="store_false", help="skip mpi4py and the MPI bridge")
     p.add_argument("--no-netns", dest="netns", action="store_false", help="skip the namespace part")
     p.add_argument("--rate-mbit", type=int, default=1000, help="veth rate limit between the two types")

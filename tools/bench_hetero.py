@@ -5,7 +5,9 @@ the 2 cores), one rank per type, the tiny reference GPT is trained through ``het
 and the measured throughput (global batch / median step time after warm-up: the median resists other load on a
 shared machine) is compared for:
 
-  (a) each homogeneous sub-cluster alone (one rank of that type runs the whole model)
+  (a) each homogeneous sub-cluster alone (one rank of that type runs the whole model); the types' runs go side by
+      side as separate jobs (the parts of a real cluster run independently, and on this one socket the mixed run's
+      ranks share caches and memory bandwidth too); ``--alone-sequential`` runs them one at a time instead
   (b) the naive even split over all ranks (DP, equal batch shares: what a homogeneous runtime does)
   (c) hetero's plan: of the planner's plan (``hetero.autoparallel.search``) and the speed-proportional weighted-DP
       plan, the one the predictor expects to be faster (chosen by prediction, not by measurement)
@@ -13,7 +15,8 @@ shared machine) is compared for:
 Every configuration runs in ``--repeats`` interleaved rounds and keeps its best round (the machine is shared).
 Efficiency = (c) / sum of (a); speed-up = (c) / (b). Slower types are emulated by ``hetero.runtime.emulate`` (each
 compute block padded to slowdown x its measured time; benchmarks only). The predictor's device types are
-calibrated once from the measured fast-type run (a) (its achieved FLOP/s), then it predicts every other run;
+calibrated once from the measured fast-type run (a) (its achieved FLOP/s) and the link between ranks from a gloo
+all-reduce measurement at start-up, then it predicts every other run;
 pred_error = |measured - predicted| / predicted step time of (c). The last line is one JSON object.
 
     python tools/bench_hetero.py                      # ~2-4 minutes on 2 idle cores
@@ -46,11 +49,13 @@ def parse(argv=None):
     p.add_argument("--mixes", nargs="+", default=["1,0.5", "1,0.5,0.333"], help="comma-separated speeds per mix")
     p.add_argument("--steps", type=int, default=10, help="training steps per run (the first --warmup are dropped)")
     p.add_argument("--warmup", type=int, default=3, help="warm-up steps left out of the mean")
-    p.add_argument("--global-batch", type=int, default=24, help="samples per step (divisible by the DP splits)")
+    p.add_argument("--global-batch", type=int, default=48, help="samples per step (divisible by the DP splits)")
     p.add_argument("--hidden", type=int, default=128, help="GPT hidden size")
     p.add_argument("--blocks", type=int, default=4, help="GPT blocks")
     p.add_argument("--seq-len", type=int, default=64, help="tokens per sample")
     p.add_argument("--repeats", type=int, default=2, help="interleaved rounds; each configuration keeps its best")
+    p.add_argument("--alone-sequential", action="store_true",
+                   help="run the types' alone runs (a) one after another instead of side by side")
     p.add_argument("--quick", action="store_true", help="smaller model (smoke test)")
     p.add_argument("--out", default=None, help="also write the JSON here")
     return p.parse_args(argv)
@@ -58,6 +63,21 @@ def parse(argv=None):
 
 def _type_id(speed: float) -> str:
     return f"cpu-x{speed:g}"
+
+
+LINK = {"bandwidth_gbps": 40.0, "latency_us": 50.0}
+"""Link between the emulated devices: replaced by ``measure_link`` (gloo all-reduce on this machine) in ``main``."""
+
+
+def measure_link() -> dict:
+    """The alpha-beta link that gloo's all-reduce between two local processes achieves here (1-16 MiB), as a
+    cluster network entry: the predictor then prices the DP gradient all-reduce with what gloo really does."""
+    from hetero.predictor.microbench import run_collectives
+    from hetero.predictor.profile import fit_op_link
+
+    recs, _, _ = run_collectives([2**20, 4 * 2**20, 16 * 2**20], min_time=0.1)
+    alpha, bw = fit_op_link(recs, "all_reduce")
+    return {"bandwidth_gbps": bw * 8 / 1e9, "latency_us": alpha * 1e6} if bw > 0 else dict(LINK)
 
 
 def cluster_dict(speeds: list[float], *, flops: float | None) -> dict:
@@ -71,7 +91,7 @@ def cluster_dict(speeds: list[float], *, flops: float | None) -> dict:
         types.append(t)
     nodes = [{"name": f"n{i}-{_type_id(s)}", "devices": {"type": _type_id(s), "count": 1}} for i, s in enumerate(speeds)]
     return {"name": "emulated-mix", "device_types": types, "nodes": nodes,
-            "network": {"bandwidth_gbps": 40, "latency_us": 50}}
+            "network": dict(LINK)}
 
 
 def plan_dict(cfg: GPTConfig, *, gb: int, stages: list[dict], m: int = 1, schedule: str = "1f1b") -> dict:
@@ -93,6 +113,11 @@ def proportional(total: int, speeds: list[float], unit: int = 1) -> list[int]:
 
 def run(plan: dict, cluster: dict | None, args, tmp: Path, name: str, *, env: dict | None = None) -> dict:
     """One hetero-run of examples/train_gpt.py; returns its final JSON plus the wall time."""
+    return finish(start(plan, cluster, args, tmp, name, env=env))
+
+
+def start(plan: dict, cluster: dict | None, args, tmp: Path, name: str, *, env: dict | None = None) -> tuple:
+    """Start one hetero-run of examples/train_gpt.py (``finish`` waits for it)."""
     pf, cf = tmp / f"{name}.plan.yaml", tmp / f"{name}.cluster.yaml"
     pf.write_text(yaml.safe_dump(plan, sort_keys=False))
     cmd = [sys.executable, "-m", "hetero.runtime.launch", "--plan", str(pf)]
@@ -102,13 +127,23 @@ def run(plan: dict, cluster: dict | None, args, tmp: Path, name: str, *, env: di
     cmd += [str(ROOT / "examples/train_gpt.py"), "--steps", str(args.steps), "--warmup", str(args.warmup), "--quiet",
             "--hidden", str(args.hidden), "--heads", "4", "--vocab", "256"]
     e = {**os.environ, "OMP_NUM_THREADS": "1", "HETERO_BACKEND": os.environ.get("HETERO_BACKEND", "gloo"), **(env or {})}
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, env=e, cwd=ROOT, timeout=600)
-    if r.returncode != 0:
-        raise RuntimeError(f"{name}: hetero-run failed ({r.returncode}):\n{r.stderr[-3000:]}")
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, cwd=ROOT)
+    return proc, name, plan["global_batch"], time.perf_counter()
+
+
+def finish(job: tuple) -> dict:
+    """Wait for a ``start``ed run; its final JSON plus wall time and samples/s."""
+    proc, name, gb, t0 = job
+    try:
+        stdout, stderr = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise RuntimeError(f"{name}: hetero-run did not finish within 600 s") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name}: hetero-run failed ({proc.returncode}):\n{stderr[-3000:]}")
+    out = json.loads(stdout.strip().splitlines()[-1])
     out["wall_s"] = time.perf_counter() - t0
-    out["samples_s"] = plan["global_batch"] / out["median_step_s"]
+    out["samples_s"] = gb / out["median_step_s"]
     return out
 
 
@@ -151,11 +186,21 @@ def bench_mix(speeds: list[float], cfg: GPTConfig, args, tmp: Path, progress) ->
     results: dict = {"speeds": speeds}
     naive_plan = _dp_plan(cfg, gb, speeds, [gb // n] * n)
     for rnd in range(args.repeats):
-        # (a) each type alone: the whole model on its one device, slowed down relative to the fastest type
+        # (a) each type alone: the whole model on its one device, slowed down relative to the fastest type. By
+        # default the types' runs go side by side (separate jobs, same total CPU demand as the mixed run), so the
+        # parts see the same shared caches and memory bandwidth of this one socket as the mixed run does;
+        # --alone-sequential runs them one after another (each then has the machine to itself)
+        jobs = []
         for s in speeds:
             progress(f"{tag} round {rnd + 1}/{args.repeats}: (a) {_type_id(s)} alone")
-            alone[s] = _best(alone.get(s), run(plan_dict(cfg, gb=gb, stages=one), None, args, tmp, f"a-{tag}-{s:g}",
-                                               env={"HETERO_SLOWDOWN": f"{max(speeds) / s:.6g}"}))
+            job = start(plan_dict(cfg, gb=gb, stages=one), None, args, tmp, f"a-{tag}-{s:g}",
+                        env={"HETERO_SLOWDOWN": f"{max(speeds) / s:.6g}"})
+            if args.alone_sequential:
+                alone[s] = _best(alone.get(s), finish(job))
+            else:
+                jobs.append((s, job))
+        for s, job in jobs:
+            alone[s] = _best(alone.get(s), finish(job))
         if rnd == 0:
             # hetero plans: the planner's (on the cluster calibrated by the first fast run) and weighted DP
             cl0 = Cluster.from_dict(cluster_dict(speeds, flops=_flops(cfg, alone[max(speeds)])))
@@ -258,6 +303,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"mix {m}: speeds must be <= 1 and sum to <= 2 (2 cores, one thread per rank)")
     out = []
     t0 = time.perf_counter()
+    LINK.update(measure_link())
+    console.print(f"gloo all-reduce link here: {LINK['bandwidth_gbps'] / 8:.2f} GB/s, {LINK['latency_us']:.0f} us")
     with tempfile.TemporaryDirectory() as d:
         for m in mixes:
             with console.status(f"mix {m}") as st:
@@ -273,7 +320,8 @@ def main(argv=None) -> int:
     summary = {"efficiency": round(worst["efficiency"], 4), "speedup_vs_naive": round(min(r["speedup_vs_naive"] for r in out), 4),
                "pred_error": round(max(r["pred_error"] for r in out), 4), "mixes": out,
                "model": {"hidden": cfg.hidden, "blocks": cfg.num_layers, "seq_len": cfg.seq_len, "vocab": cfg.vocab},
-               "global_batch": args.global_batch, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
+               "global_batch": args.global_batch, "link": dict(LINK), "alone_sequential": args.alone_sequential,
+               "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
                "load_avg": os.getloadavg()[0], "bench_s": time.perf_counter() - t0}
     text = json.dumps(summary)
     if args.out:
