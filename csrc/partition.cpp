@@ -17,7 +17,9 @@
 //
 // The DP keeps, for every (stage, boundary), the Pareto front of (max, sum) over prefixes, so the result is
 // exact for the objective above (tests/test_planner_partition.py checks it against exhaustive enumeration).
-// Entries whose objective already exceeds ``bound`` are dropped (branch and bound across planner candidates).
+// Entries that cannot beat ``bound`` are dropped (branch and bound across planner candidates): a prefix's final
+// objective is at least weight_max * max(its slowest stage, the mean over the remaining stages of the remaining
+// layers at their fastest) + weight_sum * (its sum + the remaining layers at their fastest).
 //
 // Built by setup.py as hetero._csrc; Python side: hetero/autoparallel/partition.py.
 
@@ -126,6 +128,11 @@ std::optional<Result> partition(const Arr& time0, const Arr& time_rc, const Arr&
     for (py::ssize_t s = 1; s < P; ++s) best = std::min(best, t0[s * L + l]);
     suffix[l] = suffix[l + 1] + best;
   }
+  // rest_max(s, j): a lower bound on the slowest of stages s+1 .. P-1 when they hold layers [j, L): at least
+  // their mean (suffix[j] spread over them); 0 for the last stage
+  auto rest_max = [&](py::ssize_t s, py::ssize_t j) {
+    return s + 1 < P ? suffix[j] / static_cast<double>(P - 1 - s) : 0.0;
+  };
   const double inf_d = std::numeric_limits<double>::infinity();
   const size_t capn = front_cap > 1 ? static_cast<size_t>(front_cap) : 0;
   auto objective = [&](double mx, double sm) { return weight_max * mx + weight_sum * sm; };
@@ -140,6 +147,7 @@ std::optional<Result> partition(const Arr& time0, const Arr& time_rc, const Arr&
       cand.clear();
       double worst = 0.0;
       const double fixed = ob[s * L + j - 1] + ovh[s];
+      const double rest = rest_max(s, j);
       for (py::ssize_t i = j - 1; i >= s; --i) {  // span [i, j), growing leftwards
         worst = std::max(worst, wr[s * L + i]);
         const double state_b = ps[row + j] - ps[row + i];
@@ -156,22 +164,23 @@ std::optional<Result> partition(const Arr& time0, const Arr& time_rc, const Arr&
           break;  // memory only grows as the span grows
         }
         // the span only grows leftwards, so once it alone cannot beat the bound, stop
-        if (objective(t, t + suffix[j]) >= bound) break;
+        if (objective(std::max(t, rest), t + suffix[j]) >= bound) break;
         if (s == 0) {
           if (i != 0) continue;
-          if (objective(t, t + suffix[j]) < bound) cand.push_back(Entry{t, t, 0, -1, rc});
+          cand.push_back(Entry{t, t, 0, -1, rc});
         } else {
           const auto& prev = fronts[s - 1][i];
           for (size_t k = 0; k < prev.size(); ++k) {
             const double mx = std::max(prev[k].mx, t), sm = prev[k].sm + t;
-            if (objective(mx, sm + suffix[j]) < bound)
+            if (objective(std::max(mx, rest), sm + suffix[j]) < bound)
               cand.push_back(Entry{mx, sm, static_cast<int32_t>(i), static_cast<int32_t>(k), rc});
           }
         }
       }
       if (!cand.empty()) {
         prune(cand, capn);
-        fronts[s][j] = cand;
+        fronts[s][j] = std::move(cand);
+        cand = std::vector<Entry>();
       }
     }
   }
@@ -209,8 +218,12 @@ std::optional<Result> partition(const Arr& time0, const Arr& time_rc, const Arr&
   return r;
 }
 
+void bind_pipeline(py::module_& m);  // csrc/pipeline.cpp
+
 PYBIND11_MODULE(_csrc, m) {
-  m.doc() = "hetero C++ hot loops: the planner's layer-partition DP (see csrc/partition.cpp)";
+  m.doc() = "hetero C++ hot loops: the planner's layer-partition DP (csrc/partition.cpp) and the pipeline "
+            "schedule simulation (csrc/pipeline.cpp)";
+  bind_pipeline(m);
   py::class_<Result>(m, "PartitionResult")
       .def_readonly("objective", &Result::objective)
       .def_readonly("max_stage", &Result::max_stage)

@@ -358,7 +358,19 @@ class Cluster:
 
     def rank_types(self) -> list[str]:
         """Device type id of each rank."""
-        return [n.device_type.id for _, n, _ in self._devices]
+        return list(self._rank_types)
+
+    @functools.cached_property
+    def _rank_types(self) -> tuple[str, ...]:
+        return tuple(n.device_type.id for _, n, _ in self._devices)
+
+    def rank_node(self, rank: int) -> str:
+        """Name of the node that holds ``rank``."""
+        return self._rank_nodes[rank]
+
+    @functools.cached_property
+    def _rank_nodes(self) -> tuple[str, ...]:
+        return tuple(n.name for _, n, _ in self._devices)
 
     def node(self, name: str) -> Node:
         """The node called ``name``."""

@@ -91,19 +91,14 @@ def measured_link(cluster: Cluster, ranks: Sequence[int], profile, op: str) -> L
     links = getattr(profile, "collective_links", None) if profile is not None else None
     if not links or op not in links:
         return None
-    devs = cluster.devices()
-    return links[op] if len({devs[r][1].name for r in ranks}) == 1 else None
+    return links[op] if len({cluster.rank_node(r) for r in ranks}) == 1 else None
 
 
 def group_link(cluster: Cluster, ranks: Sequence[int]) -> Link:
     """The bottleneck link of a collective over ``ranks``: the intra-node link when all share a node, else the
     slowest inter-node link between the nodes involved (with its largest latency)."""
-    devs = cluster.devices()
-    nodes = []
-    for r in ranks:
-        n = devs[r][1]
-        if n.name not in (x.name for x in nodes):
-            nodes.append(n)
+    names = list(dict.fromkeys(cluster.rank_node(r) for r in ranks))
+    nodes = [cluster.node(n) for n in names]
     if len(nodes) == 1:
         return nodes[0].intra_link
     if cluster.pair_links:

@@ -16,6 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+try:  # the C++ twin of ``simulate`` (csrc/pipeline.cpp), built by setup.py
+    from hetero import _csrc
+except ImportError:  # pragma: no cover - source tree without the build: the Python loop below
+    _csrc = None
+
 
 @dataclass(frozen=True)
 class Block:
@@ -96,6 +101,26 @@ def simulate(fwd: Sequence[float], bwd: Sequence[float], m: int, *, schedule: st
     fwd[s], bwd[s]: seconds for one micro-batch through all of stage s's layers (all its chunks together);
     p2p[s]: transfer time from stage s to s+1 (length p-1; activations forward, gradients backward);
     m: micro-batches. Raises ValueError if the schedule deadlocks (it never does for valid inputs)."""
+    p = len(fwd)
+    if p != len(bwd):
+        raise ValueError("fwd and bwd need one entry per stage")
+    if m < 1:
+        raise ValueError("need at least one micro-batch")
+    comm = list(p2p) if p2p is not None else [0.0] * max(p - 1, 0)
+    if not keep_blocks and _csrc is not None and p >= 1:  # the same event loop in C++ (csrc/pipeline.cpp)
+        try:
+            makespan, busy, finish = _csrc.simulate([float(x) for x in fwd], [float(x) for x in bwd], int(m),
+                                                    schedule, [float(x) for x in comm], int(virtual_stages))
+        except RuntimeError as e:
+            raise ValueError(str(e)) from None
+        return Simulation(makespan=makespan, busy=list(busy), finish=list(finish))
+    return simulate_py(fwd, bwd, m, schedule=schedule, p2p=comm, virtual_stages=virtual_stages,
+                       keep_blocks=keep_blocks)
+
+
+def simulate_py(fwd: Sequence[float], bwd: Sequence[float], m: int, *, schedule: str = "1f1b",
+                p2p: Sequence[float] | None = None, virtual_stages: int = 1, keep_blocks: bool = False) -> Simulation:
+    """The reference event loop of ``simulate`` in Python (also the path that records every block)."""
     p = len(fwd)
     v = virtual_stages if schedule == "interleaved_1f1b" else 1
     if p != len(bwd):
