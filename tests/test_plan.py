@@ -64,3 +64,22 @@ def test_malformed_json(tmp_path):
     f.write_text("{not json")
     with pytest.raises(ConfigError, match="malformed JSON"):
         Plan.from_file(f)
+
+
+def test_replica_types_are_validated_and_round_trip(tmp_path):
+    from hetero.autoparallel.plan import Plan, Stage
+
+    st = Stage(layers=(0, 4), device_type="a", ranks=[0, 1, 2], dp=3, batch_shares=[4, 2, 2],
+               replica_types=["a", "b", "b"])
+    assert st.type_of(1) == "b" and st.types == ["a", "b"]
+    plan = Plan(model="m", num_layers=4, global_batch=8, stages=[st])
+    plan.validate(world_size=3, num_layers=4, rank_types=["a", "b", "b"])
+    with pytest.raises(ConfigError, match=r"replica_types.*rank 2 is a 'a'"):
+        plan.validate(rank_types=["a", "b", "a"])
+    path = tmp_path / "p.yaml"
+    plan.to_file(path)
+    assert Plan.from_file(path).stages[0].replica_types == ["a", "b", "b"]
+    with pytest.raises(ConfigError, match="replica_types: has 2 entries but dp = 3"):
+        Stage(layers=(0, 4), device_type="a", ranks=[0, 1, 2], dp=3, replica_types=["a", "b"])
+    with pytest.raises(ConfigError, match="replica 0 is 'b'"):
+        Stage(layers=(0, 4), device_type="a", ranks=[0, 1], dp=2, replica_types=["b", "a"])

@@ -6,6 +6,7 @@ on small clusters, and bad input gets a clear error.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -117,3 +118,26 @@ def test_config_errors_name_the_key():
         SearchConfig(global_batch=8, schedules=["zigzag"])
     with pytest.raises(ConfigError, match="global_batch: must be > 0"):
         SearchConfig(global_batch=0)
+
+
+def test_dp_across_types_with_shares_by_speed():
+    """A model small enough for one device per replica: the planner's best plan is DP across the types with
+    batch shares proportional to speed, and the prediction balances the replicas."""
+    from hetero.models.gpt import GPTConfig
+
+    cl = Cluster.from_dict({"name": "mix", "device_types": [{"id": "fast", "like": "cpu", "scale": 1.0},
+                                                            {"id": "slow", "like": "cpu", "scale": 0.5}],
+                            "nodes": [{"name": "a", "devices": {"type": "fast", "count": 1}},
+                                      {"name": "b", "devices": {"type": "slow", "count": 1}}],
+                            "network": {"bandwidth_gbps": 40, "latency_us": 50}})
+    spec = GPTConfig(name="tiny", vocab=256, hidden=128, heads=4, num_layers=4, seq_len=64).spec(dtype="fp32")
+    res = search(cl, spec, SearchConfig(global_batch=48, dtype="fp32", max_tp=1))
+    plan = res.best.plan
+    assert plan.meta["family"] == "cross-type weighted DP" and len(plan.stages) == 1
+    st = plan.stages[0]
+    assert st.replica_types == ["fast", "slow"] and st.batch_shares == [32, 16]
+    plan.validate(world_size=2, num_layers=spec.num_layers, rank_types=cl.rank_types())
+    rep = predict(cl, spec, plan)
+    assert rep.step_time_s == pytest.approx(plan.predicted.step_time_s, rel=1e-9)
+    even = dataclasses.replace(plan, stages=[dataclasses.replace(st, batch_shares=[24, 24])])
+    assert predict(cl, spec, even).step_time_s > 1.2 * rep.step_time_s  # the slow replica would set the pace

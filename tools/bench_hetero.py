@@ -9,8 +9,9 @@ shared machine) is compared for:
       side as separate jobs (the parts of a real cluster run independently, and on this one socket the mixed run's
       ranks share caches and memory bandwidth too); ``--alone-sequential`` runs them one at a time instead
   (b) the naive even split over all ranks (DP, equal batch shares: what a homogeneous runtime does)
-  (c) hetero's plan: of the planner's plan (``hetero.autoparallel.search``) and the speed-proportional weighted-DP
-      plan, the one the predictor expects to be faster (chosen by prediction, not by measurement)
+  (c) hetero's plan: the planner's best (``hetero.autoparallel.search``, chosen by prediction: a pipeline with
+      uneven layers, or DP across the types with batch shares by speed); its best pipeline plan is run too, for
+      reference, when it is not the winner
 
 Every configuration runs in ``--repeats`` interleaved rounds and keeps its best round (the machine is shared).
 Efficiency = (c) / sum of (a); speed-up = (c) / (b). Slower types are emulated by ``hetero.runtime.emulate`` (each
@@ -99,18 +100,6 @@ def plan_dict(cfg: GPTConfig, *, gb: int, stages: list[dict], m: int = 1, schedu
             "seq_len": cfg.seq_len, "schedule": schedule, "dtype": "fp32", "stages": stages}
 
 
-def proportional(total: int, speeds: list[float], unit: int = 1) -> list[int]:
-    """Split ``total`` (in multiples of ``unit``) proportionally to ``speeds`` by largest remainder."""
-    n = total // unit
-    raw = [n * s / sum(speeds) for s in speeds]
-    out = [max(1, int(r)) for r in raw]
-    while sum(out) > n:
-        out[out.index(max(out))] -= 1
-    for i in sorted(range(len(raw)), key=lambda k: raw[k] - out[k], reverse=True)[: n - sum(out)]:
-        out[i] += 1
-    return [x * unit for x in out]
-
-
 def run(plan: dict, cluster: dict | None, args, tmp: Path, name: str, *, env: dict | None = None) -> dict:
     """One hetero-run of examples/train_gpt.py; returns its final JSON plus the wall time."""
     return finish(start(plan, cluster, args, tmp, name, env=env))
@@ -147,17 +136,21 @@ def finish(job: tuple) -> dict:
     return out
 
 
-def planner_plan(cluster: Cluster, cfg: GPTConfig, gb: int) -> tuple[dict | None, str]:
-    try:
-        from hetero.autoparallel.search import SearchConfig, search
-    except ImportError as e:
-        return None, f"planner not available: {e}"
+def planner_plans(cluster: Cluster, cfg: GPTConfig, gb: int) -> tuple[dict[str, dict], str]:
+    """hetero's plans for the mix: the planner's best (``planner``) and, when that is not a pipeline, the best
+    pipeline plan it found (``planner_pipeline``, for reference)."""
+    from hetero.autoparallel.search import SearchConfig, search
+
     try:
         res = search(cluster, cfg.spec(dtype="fp32"), SearchConfig(global_batch=gb, dtype="fp32", max_tp=1,
                                                                     schedules=["1f1b", "gpipe"]))
-        return res.best.plan.to_dict(), "hetero.autoparallel.search"
     except Exception as e:  # report, do not hide, why the planner gave nothing
-        return None, f"planner failed: {type(e).__name__}: {e}"
+        return {}, f"planner failed: {type(e).__name__}: {e}"
+    out = {"planner": res.best.plan.to_dict()}
+    pipe = next((c for c in res.ranked if len(c.plan.stages) > 1), None)
+    if pipe is not None and pipe is not res.best:
+        out["planner_pipeline"] = pipe.plan.to_dict()
+    return out, f"hetero.autoparallel.search ({res.best.plan.meta.get('family', 'pipeline')})"
 
 
 def predict_step(cluster: Cluster, cfg: GPTConfig, plan: dict) -> float | None:
@@ -184,7 +177,9 @@ def bench_mix(speeds: list[float], cfg: GPTConfig, args, tmp: Path, progress) ->
     naive_best = None
     candidates: dict[str, dict] = {}
     results: dict = {"speeds": speeds}
-    naive_plan = _dp_plan(cfg, gb, speeds, [gb // n] * n)
+    naive_plan = plan_dict(cfg, gb=gb, stages=[{"layers": [0, cfg.num_layers + 2], "device_type": _type_id(speeds[0]),
+                                               "ranks": list(range(n)), "dp": n, "batch_shares": [gb // n] * n,
+                                               "replica_types": [_type_id(x) for x in speeds]}])
     for rnd in range(args.repeats):
         # (a) each type alone: the whole model on its one device, slowed down relative to the fastest type. By
         # default the types' runs go side by side (separate jobs, same total CPU demand as the mixed run), so the
@@ -201,26 +196,23 @@ def bench_mix(speeds: list[float], cfg: GPTConfig, args, tmp: Path, progress) ->
                 jobs.append((s, job))
         for s, job in jobs:
             alone[s] = _best(alone.get(s), finish(job))
-        if rnd == 0:
-            # hetero plans: the planner's (on the cluster calibrated by the first fast run) and weighted DP
+        if rnd == 0:  # hetero's plan: the planner's, on the cluster calibrated by the first fast-alone run
             cl0 = Cluster.from_dict(cluster_dict(speeds, flops=_flops(cfg, alone[max(speeds)])))
-            pp, results["planner"] = planner_plan(cl0, cfg, gb)
-            if pp is not None:
-                candidates["planner"] = pp
-            candidates["weighted_dp"] = _dp_plan(cfg, gb, speeds, proportional(gb, speeds))
+            candidates, results["planner"] = planner_plans(cl0, cfg, gb)
+            if not candidates:
+                raise RuntimeError(f"mix {tag}: {results['planner']}")
         cdict = cluster_dict(speeds, flops=_flops(cfg, alone[max(speeds)]))
         for k, plan in candidates.items():
             progress(f"{tag} round {rnd + 1}/{args.repeats}: (c) {k}")
-            measured[k] = _best(measured.get(k), _run_mixed(plan, cdict, speeds, args, tmp, f"c-{tag}-{k}"))
+            measured[k] = _best(measured.get(k), run(plan, cdict, args, tmp, f"c-{tag}-{k}"))
         progress(f"{tag} round {rnd + 1}/{args.repeats}: (b) naive even DP")
-        naive_best = _best(naive_best, _run_mixed(naive_plan, cdict, speeds, args, tmp, f"b-{tag}"))
+        naive_best = _best(naive_best, run(naive_plan, cdict, args, tmp, f"b-{tag}"))
     # predictions on the cluster calibrated by the best fast-alone run
     flops = _flops(cfg, alone[max(speeds)])
     cluster = Cluster.from_dict(cluster_dict(speeds, flops=flops))
-    preds = {k: (_predict_dp(cluster, cfg, v, speeds) if k == "weighted_dp" else predict_step(cluster, cfg, v))
-             for k, v in candidates.items()}
-    preds_naive = _predict_dp(cluster, cfg, naive_plan, speeds)
-    chosen = min((k for k in candidates if preds.get(k) is not None), key=lambda k: preds[k])
+    preds = {k: predict_step(cluster, cfg, v) for k, v in candidates.items()}
+    preds_naive = predict_step(cluster, cfg, naive_plan)
+    chosen = "planner"
     sum_alone = sum(a["samples_s"] for a in alone.values())
     c, b = measured[chosen], naive_best
     results.update(
@@ -229,7 +221,8 @@ def bench_mix(speeds: list[float], cfg: GPTConfig, args, tmp: Path, progress) ->
         measured={k: {"samples_s": v["samples_s"], "step_s": v["median_step_s"], "predicted_step_s": preds.get(k),
                       "stage_busy_s": v["stage_busy_s"]} for k, v in measured.items()},
         naive={"samples_s": b["samples_s"], "step_s": b["median_step_s"], "predicted_step_s": preds_naive},
-        plans={k: {"stages": [{kk: s[kk] for kk in ("layers", "device_type", "ranks", "dp", "batch_shares")
+        plans={k: {"stages": [{kk: s[kk] for kk in ("layers", "device_type", "ranks", "dp", "batch_shares",
+                                                   "replica_types")
                                if kk in s} for s in v["stages"]], "schedule": v.get("schedule"),
                    "num_microbatches": v.get("num_microbatches")} for k, v in candidates.items()},
         efficiency=c["samples_s"] / sum_alone,
@@ -242,50 +235,6 @@ def bench_mix(speeds: list[float], cfg: GPTConfig, args, tmp: Path, progress) ->
 def _flops(cfg: GPTConfig, run_out: dict) -> float:
     """Achieved training FLOP/s of a one-rank run (3 x forward FLOPs per sample x samples/s)."""
     return cfg.spec(dtype="fp32").flops_per_sample * run_out["samples_s"]
-
-
-def _dp_plan(cfg: GPTConfig, gb: int, speeds: list[float], shares: list[int]) -> dict:
-    """Weighted DP over the mix. A Plan stage holds one device type, so the DP replicas are declared as one type
-    (``cpu``); each rank's emulated speed comes from its own HETERO_SLOWDOWN (see ``_run_mixed``)."""
-    n = len(speeds)
-    return plan_dict(cfg, gb=gb, stages=[{"layers": [0, cfg.num_layers + 2], "device_type": "cpu",
-                                          "ranks": list(range(n)), "dp": n, "batch_shares": shares}])
-
-
-def _predict_dp(cluster: Cluster, cfg: GPTConfig, plan: dict, speeds: list[float]) -> float | None:
-    """Predicted step of a DP plan over mixed types: each replica's compute on its own type (the predictor scores
-    one type per stage, so replica d is scored as a one-rank plan on type d), the slowest replica plus the DP
-    all-reduce and optimizer step as the predictor models them for the plan over one type."""
-    try:
-        from hetero.predictor.predict import predict_detailed
-    except ImportError:
-        return None
-    spec = cfg.spec(dtype="fp32")
-    shares = plan["stages"][0]["batch_shares"]
-    worst = 0.0
-    for d, s in enumerate(speeds):
-        sub = cluster.subset(_type_id(s))
-        one = plan_dict(cfg, gb=shares[d], stages=[{"layers": [0, cfg.num_layers + 2], "device_type": _type_id(s),
-                                                    "ranks": [0]}])
-        rep = predict_detailed(sub, spec, Plan.from_dict(one))
-        worst = max(worst, rep.prediction.step_time_s - rep.stages[0].optimizer_s)
-    # the DP tail (all-reduce + optimizer) on the slowest type's cluster with all ranks, same plan structure
-    from hetero.predictor import comm
-    from hetero.predictor.compute import optimizer_step_time
-
-    params = spec.params
-    ar = comm.dp_allreduce_time(cluster, list(range(len(speeds))), params * 4)
-    slow = cluster.device_types()[_type_id(min(speeds))]
-    return worst + ar + optimizer_step_time(params, slow)
-
-
-def _run_mixed(plan: dict, cdict: dict, speeds: list[float], args, tmp: Path, name: str) -> dict:
-    """Run a plan on the emulated mix: a plan over the mix's types gets each rank's slowdown from the cluster
-    (hetero-run --emulate); a DP plan declared over one type gets it per rank from HETERO_SLOWDOWN_BY_RANK."""
-    if plan["stages"][0]["device_type"] == "cpu":
-        slow = ",".join(f"{max(speeds) / s:.6g}" for s in speeds)
-        return run(plan, None, args, tmp, name, env={"HETERO_SLOWDOWN_BY_RANK": slow})
-    return run(plan, cdict, args, tmp, name)
 
 
 def main(argv=None) -> int:

@@ -65,7 +65,7 @@ def stage_rows(plan, report) -> list[dict]:
     rows = []
     for s, sr in zip(plan.stages, report.stages):
         rows.append({
-            "stage": sr.index, "device_type": s.device_type, "ranks": _ranges(s.ranks), "devices": len(s.ranks),
+            "stage": sr.index, "device_type": "+".join(s.types), "ranks": _ranges(s.ranks), "devices": len(s.ranks),
             "layers": [s.layers[0], s.layers[1]], "tp": s.tp, "dp": s.dp, "batch_shares": s.batch_shares,
             "micro_batch": plan.micro_batch_size(0), "recompute": s.recompute,
             "fwd_s": max(sr.fwd_s), "bwd_s": max(sr.bwd_s), "busy_s": sr.busy_s,

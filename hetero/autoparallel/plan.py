@@ -30,12 +30,12 @@ Schedule = Literal["gpipe", "1f1b", "interleaved_1f1b"]
 
 @dataclass(kw_only=True)
 class Stage:
-    """One pipeline stage: a layer range on ``tp * dp`` devices of one type."""
+    """One pipeline stage: a layer range on ``tp * dp`` devices (one type per DP replica)."""
 
     layers: tuple[int, int]
     """Layer range [start, end) into ModelSpec.layers."""
     device_type: str
-    """Device type id of every rank of this stage."""
+    """Device type id of the stage's ranks (of replica 0 when ``replica_types`` is given)."""
     ranks: list[int]
     """Global ranks, ``ranks[d * tp + t]`` = DP replica d, TP index t."""
     tp: int = 1
@@ -48,6 +48,9 @@ class Stage:
     """Fraction of each TP shard (speed-proportional); None means equal shards."""
     recompute: bool = False
     """Activation recomputation on this stage."""
+    replica_types: list[str] | None = None
+    """Device type of each DP replica when they differ (weighted DP across types, shares by speed); None: all
+    replicas are ``device_type``."""
 
     def __post_init__(self):
         self.layers = tuple(self.layers)
@@ -67,6 +70,20 @@ class Stage:
             check(len(self.tp_shares) == self.tp, "tp_shares", f"has {len(self.tp_shares)} entries but tp = {self.tp}")
             check(all(s > 0 for s in self.tp_shares), "tp_shares", "must all be > 0")
             check(abs(sum(self.tp_shares) - 1.0) < 1e-6, "tp_shares", f"must sum to 1, got {sum(self.tp_shares):.6f}")
+        if self.replica_types is not None:
+            check(len(self.replica_types) == self.dp, "replica_types",
+                  f"has {len(self.replica_types)} entries but dp = {self.dp}")
+            check(self.replica_types[0] == self.device_type, "replica_types",
+                  f"replica 0 is {self.replica_types[0]!r} but device_type is {self.device_type!r}")
+
+    def type_of(self, dp_index: int) -> str:
+        """Device type of DP replica ``dp_index``."""
+        return self.replica_types[dp_index] if self.replica_types is not None else self.device_type
+
+    @property
+    def types(self) -> list[str]:
+        """Distinct device types of this stage, replica order."""
+        return list(dict.fromkeys(self.replica_types or [self.device_type]))
 
     @property
     def num_layers(self) -> int:
@@ -218,10 +235,14 @@ class Plan:
                   f"(0..{world_size - 1}); every rank must be in exactly one stage")
         if rank_types is not None:
             for i, s in enumerate(self.stages):
-                for r in s.ranks:
-                    check(r < len(rank_types), f"stages[{i}].ranks", f"rank {r} is outside the cluster ({len(rank_types)} devices)")
-                    check(rank_types[r] == s.device_type, f"stages[{i}].device_type",
-                          f"is {s.device_type!r} but rank {r} is a {rank_types[r]!r}")
+                for d in range(s.dp):
+                    for t in range(s.tp):
+                        r, want = s.rank(d, t), s.type_of(d)
+                        check(r < len(rank_types), f"stages[{i}].ranks",
+                              f"rank {r} is outside the cluster ({len(rank_types)} devices)")
+                        check(rank_types[r] == want,
+                              f"stages[{i}].{'replica_types' if s.replica_types else 'device_type'}",
+                              f"is {want!r} but rank {r} is a {rank_types[r]!r}")
         return self
 
     def validate_memory(self, capacity: dict[str, int], rank_memory: dict[int, int] | None = None) -> Plan:
@@ -232,14 +253,17 @@ class Plan:
         check(mem is not None, "predicted.rank_memory_bytes",
               "no per-rank memory to check (predict the plan first, e.g. `hetero predict`)")
         for i, s in enumerate(self.stages):
-            check(s.device_type in capacity, f"stages[{i}].device_type",
-                  f"{s.device_type!r} is not a device type of this cluster ({', '.join(capacity)})")
-            cap = capacity[s.device_type]
-            need, worst = max((mem.get(r, 0), r) for r in s.ranks)
-            check(need <= cap, f"stages[{i}]",
-                  f"stage on {len(s.ranks)}×{s.device_type} (layers {s.layers[0]}-{s.layers[1] - 1}, tp {s.tp}, "
-                  f"dp {s.dp}, recompute {'on' if s.recompute else 'off'}) needs {need / 2**30:.1f} GiB on rank "
-                  f"{worst} but the device has {cap / 2**30:.1f} GiB")
+            for typ in s.types:
+                check(typ in capacity, f"stages[{i}].device_type",
+                      f"{typ!r} is not a device type of this cluster ({', '.join(capacity)})")
+            for d in range(s.dp):
+                typ = s.type_of(d)
+                cap = capacity[typ]
+                need, worst = max((mem.get(s.rank(d, t), 0), s.rank(d, t)) for t in range(s.tp))
+                check(need <= cap, f"stages[{i}]",
+                      f"stage on {len(s.ranks)}×{'+'.join(s.types)} (layers {s.layers[0]}-{s.layers[1] - 1}, "
+                      f"tp {s.tp}, dp {s.dp}, recompute {'on' if s.recompute else 'off'}) needs "
+                      f"{need / 2**30:.1f} GiB on rank {worst} ({typ}) but the device has {cap / 2**30:.1f} GiB")
         return self
 
     # -- serialisation

@@ -489,6 +489,52 @@ class Searcher:
         cand.plan, cand.report = plan, rep
         return cand
 
+    # -- DP across device types (weighted DP: the whole model on every replica, batch shares by speed)
+    def cross_tp_options(self) -> list[int]:
+        """TP degrees every type can use on its nodes (replicas of one stage share one degree)."""
+        return [t for t in _divisors(min(g.per_node for g in self.groups))
+                if t <= self.cfg.max_tp and all(g.per_node % t == 0 for g in self.groups)]
+
+    def cross_type_dp(self, tp: int, rounds: int = 3) -> Candidate | None:
+        """One stage holding every layer, replicated over all devices (TP ``tp`` inside each node), each replica
+        on its own type; batch shares proportional to each replica's predicted samples/s (re-balanced ``rounds``
+        times on the predictor's per-replica compute time, shares in whole micro-batches); gradient accumulation
+        ``m`` is the smallest that fits every replica's memory. None when no ``m`` fits."""
+        reps = [(k, grp) for k, g in enumerate(self.groups)
+                for node in g.ranks_by_node for grp in (node[i:i + tp] for i in range(0, len(node), tp))]
+        n, gb = len(reps), self.cfg.global_batch
+        if gb < n or self.state_bytes / tp > min(g.device.memory_bytes for g in self.groups):
+            return None  # every replica holds the whole model state
+        ranks = [r for _, grp in reps for r in grp]
+        types = [self.groups[k].device.id for k, _ in reps]
+        speed = [self.groups[k].device.peak(self.cfg.dtype) for k, _ in reps]
+        for m in (x for x in _divisors(gb) if gb // x >= n):
+            shares = _proportional(gb // m, speed)
+            if shares is None:
+                continue
+            plan = rep = None
+            for _ in range(rounds):
+                stage = Stage(layers=(0, self.L), device_type=types[0], ranks=ranks, tp=tp, dp=n,
+                              batch_shares=[x * m for x in shares], replica_types=types)
+                plan = Plan(model=self.model.name, num_layers=self.L, global_batch=gb, num_microbatches=m,
+                            seq_len=self.model.seq_len, schedule="1f1b", dtype=self.cfg.dtype, stages=[stage],
+                            model_hash=self.model.fingerprint(), cluster_hash=self.cluster.fingerprint(),
+                            meta={"planner": "hetero.autoparallel.search", "family": "cross-type weighted DP"})
+                rep = predict_detailed(self.cluster, self.model, plan, profiles=self.profiles)
+                rate = [x / max(sim.finish[0], 1e-12) for x, sim in zip(shares, rep.simulations)]
+                new = _proportional(gb // m, rate)
+                if new is None or new == shares:
+                    break
+                shares = new
+            plan.predicted = rep.prediction
+            if _fits(self.cluster, plan):
+                split = Partition(bounds=[0, self.L], recompute=[False], stage_time=[rep.stages[0].busy_s],
+                                  objective=rep.prediction.step_time_s)
+                st = Structure(dp=n, tp=(tp,) * len(self.groups), mbs=max(shares), m=m, schedule="1f1b", v=1)
+                return Candidate(structure=st, order=tuple(range(len(self.groups))), slots=[(0, tp)], split=split,
+                                 objective=rep.prediction.step_time_s, plan=plan, report=rep)
+        return None
+
     def overflow(self, st: Structure, order: tuple[int, ...]) -> tuple[float, str]:
         """How far a structure is from fitting: (capacity factor needed, the binding stage in words)."""
         slots = self.slots_for(st, order)
@@ -599,6 +645,8 @@ def search(cluster: Cluster, model: ModelSpec, config: SearchConfig, *, profiles
             reasons["predictor memory above capacity"] = reasons.get("predictor memory above capacity", 0) + 1
             continue
         ranked.append(c)
+    if len(s.groups) > 1:  # DP across device types: one stage, shares by speed
+        ranked.extend(c for c in (s.cross_type_dp(t) for t in s.cross_tp_options()) if c is not None)
     if not ranked:
         raise ConfigError("cluster", no_plan_message(s, infeasible_structs, reasons))
     ranked.sort(key=lambda c: c.step_time)
@@ -610,6 +658,21 @@ def search(cluster: Cluster, model: ModelSpec, config: SearchConfig, *, profiles
         reasons[key] = reasons.get(key, 0) + len(infeasible_structs)
     return SearchResult(ranked=ranked, structures=len(structs), evaluated=evaluated, pruned=pruned,
                         infeasible=reasons, search_s=time.monotonic() - t0, time_limited=time_limited)
+
+
+def _proportional(total: int, weights: list[float]) -> list[int] | None:
+    """Split ``total`` into positive integers proportional to ``weights`` (largest remainder); None if
+    ``total`` is smaller than the number of parts."""
+    n = len(weights)
+    if total < n or n == 0 or min(weights) <= 0:
+        return None
+    raw = [total * w / sum(weights) for w in weights]
+    out = [max(1, int(r)) for r in raw]
+    while sum(out) > total:
+        out[out.index(max(out))] -= 1
+    for i in sorted(range(n), key=lambda k: raw[k] - out[k], reverse=True)[: total - sum(out)]:
+        out[i] += 1
+    return out
 
 
 def _bound(pool: list, keep: float, config: SearchConfig) -> float:

@@ -61,11 +61,11 @@ def _profile_for(profiles: Mapping | None, dev: DeviceType):
 
 
 def stage_times(model: ModelSpec, plan: Plan, cluster: Cluster, stage_index: int, mbs: int,
-                profiles: Mapping | None = None) -> tuple[float, float]:
-    """(forward, backward) seconds of one micro-batch of ``mbs`` samples through stage ``stage_index``,
-    including TP all-reduces and recomputation."""
+                profiles: Mapping | None = None, dp_index: int = 0) -> tuple[float, float]:
+    """(forward, backward) seconds of one micro-batch of ``mbs`` samples through stage ``stage_index`` on the
+    devices of DP replica ``dp_index``, including TP all-reduces and recomputation."""
     st = plan.stages[stage_index]
-    dev = cluster.device_types()[st.device_type]
+    dev = cluster.device_types()[st.type_of(dp_index)]
     times = layer_times(model, dev, mbs=mbs, tp=st.tp, dtype=plan.dtype, profile=_profile_for(profiles, dev))
     lo, hi = st.layers
     f = sum(t[0] for t in times[lo:hi])
@@ -93,20 +93,21 @@ def predict_detailed(cluster: Cluster, model: ModelSpec, plan: Plan, *, profiles
     sims: list[Simulation] = []
     per_stage_f: list[list[float]] = [[] for _ in range(p)]
     per_stage_b: list[list[float]] = [[] for _ in range(p)]
-    times: dict[int, list[tuple[float, float]]] = {}  # replicas with the same micro-batch size cost the same
+    times: dict[tuple, list[tuple[float, float]]] = {}  # replicas of equal micro-batch and types cost the same
     memo: dict[tuple, Simulation] = {}
     for d in range(plan.dp):
         mbs = plan.micro_batch_size(d)
-        if mbs not in times:
-            times[mbs] = [stage_times(model, plan, cluster, s, mbs, profiles) for s in range(p)]
-        fb = times[mbs]
+        tkey = (mbs, tuple(st.type_of(d) for st in plan.stages))
+        if tkey not in times:
+            times[tkey] = [stage_times(model, plan, cluster, s, mbs, profiles, dp_index=d) for s in range(p)]
+        fb = times[tkey]
         p2p = []
         for s in range(p - 1):
             a, b = plan.stages[s], plan.stages[s + 1]
             nbytes = model.layers[a.layers[1] - 1].act_out_bytes * scale * mbs
             link = comm.group_link(cluster, [a.rank(d, 0), b.rank(d, 0)])
             p2p.append(comm.p2p_time(nbytes, link))
-        key = (mbs, tuple(p2p))
+        key = (tkey, tuple(p2p))
         if key not in memo or keep_blocks:
             memo[key] = simulate([x[0] for x in fb], [x[1] for x in fb], m, schedule=plan.schedule, p2p=p2p,
                                  virtual_stages=plan.virtual_stages, keep_blocks=keep_blocks)
@@ -118,33 +119,37 @@ def predict_detailed(cluster: Cluster, model: ModelSpec, plan: Plan, *, profiles
     reports: list[StageReport] = []
     rank_mem: dict[int, int] = {}
     for s, st in enumerate(plan.stages):
-        dev = types[st.device_type]
-        prof = _profile_for(profiles, dev)
         lo, hi = st.layers
         params = sum(layer.params for layer in model.layers[lo:hi]) / st.tp
         grad_bytes = params * 4  # fp32 gradients are reduced (Megatron main_grad)
         ar = 0.0
         for t in range(st.tp):
             group = [st.rank(d, t) for d in range(st.dp)]
-            link = comm.measured_link(cluster, group, prof, "all_reduce")
+            link = comm.measured_link(cluster, group, _profile_for(profiles, types[st.type_of(0)]), "all_reduce") \
+                if len(st.types) == 1 else None
             ar = max(ar, comm.dp_allreduce_time(cluster, group, grad_bytes, link=link))
-        opt = optimizer_step_time(params, dev, profile=prof)
+        # every replica steps its own optimizer after the all-reduce: the slowest type sets the step
+        opt = max(optimizer_step_time(params, types[t], profile=_profile_for(profiles, types[t])) for t in st.types)
         done = max(sim.finish[s] for sim in sims)
         step = max(step, done + ar + opt)
-        overhead = float(getattr(prof, "memory_overhead_bytes", 0) or 0) + float(getattr(prof, "memory_runtime_bytes", 0) or 0)
-        mems = []
+        mems, caps = [], []
         for d in range(st.dp):
+            dev = types[st.type_of(d)]
+            prof = _profile_for(profiles, dev)
+            overhead = float(getattr(prof, "memory_overhead_bytes", 0) or 0) + \
+                float(getattr(prof, "memory_runtime_bytes", 0) or 0)
             mem = stage_memory(model, st.layers, mbs=plan.micro_batch_size(d), pp=p, stage_index=s,
                                num_microbatches=m, tp=st.tp, schedule=plan.schedule,
                                virtual_stages=plan.virtual_stages, recompute=st.recompute, dtype=plan.dtype,
                                overhead_bytes=overhead)
             mems.append(mem)
+            caps.append(dev.memory_bytes)
             for t in range(st.tp):
                 rank_mem[st.rank(d, t)] = int(mem.total)
-        worst = max(mems, key=lambda x: x.total)
-        reports.append(StageReport(index=s, device_type=st.device_type, fwd_s=per_stage_f[s], bwd_s=per_stage_b[s],
-                                   busy_s=max(sim.busy[s] for sim in sims), allreduce_s=ar, optimizer_s=opt,
-                                   memory=worst, capacity_bytes=dev.memory_bytes))
+        w = max(range(st.dp), key=lambda d: mems[d].total / caps[d])  # the replica closest to its capacity
+        reports.append(StageReport(index=s, device_type="+".join(st.types), fwd_s=per_stage_f[s],
+                                   bwd_s=per_stage_b[s], busy_s=max(sim.busy[s] for sim in sims), allreduce_s=ar,
+                                   optimizer_s=opt, memory=mems[w], capacity_bytes=caps[w]))
     busy = [r.busy_s for r in reports]
     bubble = 1.0 - sum(busy) / (len(busy) * step) if step > 0 else 0.0
     pred = Prediction(step_time_s=step, throughput_samples_s=plan.global_batch / step if step else 0.0,
@@ -162,9 +167,11 @@ def check_memory(cluster: Cluster, plan: Plan, prediction: Prediction) -> None:
     """Raise ConfigError naming the first stage whose predicted memory exceeds its devices' capacity."""
     types = cluster.device_types()
     for i, st in enumerate(plan.stages):
-        cap = types[st.device_type].memory_bytes
-        need = max(prediction.rank_memory_bytes.get(r, 0) for r in st.ranks)
-        if need > cap:
-            raise ConfigError(f"stages[{i}]", f"needs {need / 2**30:.1f} GiB per device but {st.device_type} has "
-                              f"{cap / 2**30:.1f} GiB (layers {st.layers[0]}-{st.layers[1] - 1}, tp {st.tp}, "
-                              f"recompute {'on' if st.recompute else 'off'})")
+        for d in range(st.dp):
+            typ = st.type_of(d)
+            cap = types[typ].memory_bytes
+            need = max(prediction.rank_memory_bytes.get(st.rank(d, t), 0) for t in range(st.tp))
+            if need > cap:
+                raise ConfigError(f"stages[{i}]", f"needs {need / 2**30:.1f} GiB per device but {typ} has "
+                                  f"{cap / 2**30:.1f} GiB (layers {st.layers[0]}-{st.layers[1] - 1}, tp {st.tp}, "
+                                  f"recompute {'on' if st.recompute else 'off'})")

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     for s, st in zip(rep.stages, plan.stages):
         mem = s.memory.total / 2**30
         cap = s.capacity_bytes / 2**30
-        t.add_row(str(s.index), st.device_type, f"{len(st.ranks)}", f"{st.layers[0]}-{st.layers[1] - 1}",
+        t.add_row(str(s.index), "+".join(st.types), f"{len(st.ranks)}", f"{st.layers[0]}-{st.layers[1] - 1}",
                   str(st.tp), str(st.dp), "/".join(str(b // plan.num_microbatches) for b in st.batch_shares),
                   "/".join(f"{x * 1e3:.1f}" for x in s.fwd_s), "/".join(f"{x * 1e3:.1f}" for x in s.bwd_s),
                   f"{s.busy_s:.3f}", f"{s.allreduce_s * 1e3:.1f}",

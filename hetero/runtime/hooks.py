@@ -67,7 +67,7 @@ class MetricsHook(Hooks):
         if self.cluster is None:
             return 0.0
         types = self.cluster.device_types()
-        t = types.get(self.rt.stage.device_type)
+        t = types.get(self.rt.stage.type_of(self.rt.dp_index))
         return t.peak(self.rt.plan.dtype) if t is not None else 0.0
 
     def on_step_start(self, step: int) -> None:
@@ -76,7 +76,8 @@ class MetricsHook(Hooks):
     def on_step_end(self, step: int, loss: float) -> None:
         step_s = time.perf_counter() - self._t0
         busy, padded = self.pm.busy_s()
-        mine = (self.rt.stage_index, self.rt.stage.device_type, busy, padded, self._flops, self._peak(), step_s)
+        mine = (self.rt.stage_index, self.rt.stage.type_of(self.rt.dp_index), busy, padded, self._flops, self._peak(),
+                step_s)
         rows = [mine]
         if self.rt.world_size > 1:
             rows = [None] * self.rt.world_size

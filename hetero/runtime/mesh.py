@@ -189,7 +189,7 @@ def init(plan: Plan, *, cluster=None, timeout_s: float | None = None, device: st
         if cluster is not None:
             if cluster.world_size == world:
                 plan.validate(rank_types=cluster.rank_types())
-            missing = {s.device_type for s in plan.stages} - set(cluster.device_types())
+            missing = {t for s in plan.stages for t in s.types} - set(cluster.device_types())
             if missing:
                 raise ConfigError("stages", f"device types {sorted(missing)} are not in the cluster "
                                             f"(it has {sorted(cluster.device_types())})")

@@ -51,7 +51,7 @@ def assignment(env: dict[str, str]) -> dict[str, str]:
                                         f"(the plan covers {plan.world_size} ranks)")
         s, d, t = rmap[rank]
         out.update(HETERO_STAGE=str(s), HETERO_DP_INDEX=str(d), HETERO_TP_INDEX=str(t))
-        rank_type = {r: plan.stages[si].device_type for r, (si, _, _) in rmap.items()}
+        rank_type = {r: plan.stages[si].type_of(di) for r, (si, di, _) in rmap.items()}
     if cluster is not None:
         types = cluster.rank_types()
         if rank >= len(types):
