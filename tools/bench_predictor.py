@@ -14,12 +14,19 @@ not overlapped: DDP's overlap would hide communication inside the backward, wher
 from compute), ``torch.optim.AdamW``. One thread per rank; the CPU demand of a configuration (full-speed ranks
 count 1, a rank emulating a k-times slower device counts 1/k) never exceeds 2 cores.
 
+Device variants: a rank emulating a k-times slower device sleeps after each compute block, so its next block
+starts on an idle core with cold caches, and ranks beside each other share this socket's L3 and memory bandwidth;
+both make a block slower than the profile (layers timed back to back, one process) measured. So each emulated
+type is profiled as it is used: before the runs, ``variant_factor`` times a fixed probe (a block of each model)
+padded like the emulator and, for multi-rank configurations, beside a partner process, against the same probe
+alone back to back; the type's profile is the CPU profile scaled by k x that factor (``--no-variants``: by k only).
+
 Shared machines: other tenants of the host slow every core by a factor no profile can know in advance, and it
 drifts over minutes. The profile times compute in thread-CPU seconds (not inflated by other processes of this VM),
 and a fixed single-thread speed probe (one block of each model, forward + backward) is timed right after the
 profile and again before and after each configuration's run. ``time_mape`` compares the measured step time with
-the prediction from the profile rescaled by that drift (probe now / probe at profile time; nothing from the run
-itself feeds the prediction); ``time_mape_unadjusted`` uses the profile as taken. Each rank also reports the wall
+the plain prediction (the profile as taken); ``time_mape_drift_adjusted`` with the prediction from the profile
+rescaled by that drift (probe now / probe at profile time; nothing from the measured run feeds either). Each rank also reports the wall
 and thread-CPU seconds of its compute blocks (contention > 1: it waited for a core), its process CPU, and the
 seconds of each phase (forward and backward blocks, pipeline, gradient all-reduce, optimizer) next to the
 predicted ones, so a miss can be traced to its phase.
@@ -426,6 +433,61 @@ def speed_probe(reps: int = 3) -> float:
     return best
 
 
+def _probe_blocks(k: float, reps: int, seconds: float = 0.0) -> list[float]:
+    """Thread-CPU seconds of forward + backward of one block of each benchmark model (micro-batch 2) on an
+    emulated device ``k`` times slower: each block is followed by ``(k - 1) x`` its wall time of sleep, as
+    ``runtime/emulate.py`` pads. ``reps`` timed blocks per model (or, with ``seconds``, loop that long untimed:
+    the partner load)."""
+    import torch
+
+    from hetero.models.gpt import Block, GPTConfig
+
+    torch.set_num_threads(1)
+    mods = []
+    for name, kw in MODELS.items():
+        c = GPTConfig(name=name, **kw)
+        mods.append((Block(c), torch.randn(2, kw["seq_len"], kw["hidden"], requires_grad=True)))
+    out: list[float] = []
+    end = time.perf_counter() + seconds
+    i = 0
+    while (i < reps) if not seconds else (time.perf_counter() < end):
+        for mod, x in mods:
+            w0, c0 = time.perf_counter(), time.thread_time()
+            y = mod(x)
+            y.backward(torch.ones_like(y))
+            w, c = time.perf_counter() - w0, time.thread_time() - c0
+            if i >= 1:  # the first round warms up
+                out.append(c)
+            if k > 1:
+                time.sleep((k - 1) * w)
+        i += 1
+    return out
+
+
+def variant_factor(k: float, colocated: bool, reps: int = 12) -> float:
+    """How much longer a compute block takes on this machine when it runs (a) on an emulated device ``k`` times
+    slower (sleep after each block: the core idles, and the next block starts with cold caches) and (b), with
+    ``colocated``, while another process computes on the other core (shared L3 and memory bandwidth): the probe's
+    median block time under those conditions / back to back alone, measured now, side by side. The benchmark's
+    emulated device types are profiled as they are used: the profile's compute scaled by ``k x`` this factor."""
+    partner = None
+    if colocated:
+        code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r});"
+                " import bench_predictor as b; b._probe_blocks(1.0, 0, seconds=120)")
+        partner = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, OMP_NUM_THREADS="1"))
+        time.sleep(2.0)  # let it import torch and start computing
+    try:
+        base = statistics.median(_probe_blocks(1.0, reps)) if not colocated else None
+        var = statistics.median(_probe_blocks(k, reps))
+    finally:
+        if partner is not None:
+            partner.kill()
+            partner.wait()
+    if base is None:
+        base = statistics.median(_probe_blocks(1.0, reps))
+    return var / base
+
+
 def _free_port() -> int:
     with socket.socket() as sk:
         sk.bind(("127.0.0.1", 0))
@@ -479,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=None, help="run only configurations whose name contains this text")
     ap.add_argument("--json-out", default=None, help="write per-configuration results here")
     ap.add_argument("--sailor", default=None, help="score on the Sailor validation folder instead")
+    ap.add_argument("--no-variants", dest="variants", action="store_false",
+                    help="scale emulated types by their slowdown only (no measured device-variant factors)")
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args)
@@ -524,11 +588,20 @@ def main(argv: list[str] | None = None) -> int:
     steps, warmup = (2, 1) if args.quick else (args.steps, args.warmup)
     cfgs = [c for c in configs(args.quick) if not args.only or args.only in c.name]
     rows = []
+    factors: dict[tuple[float, bool], float] = {}
     for cfg in cfgs:
         cluster, doc = build_cluster(cfg, prof)
         spec = model_spec(cfg.model, cfg.mbs)
         plan = build_plan(cfg, spec.num_layers)
-        profiles = {type_id(sl): (prof if sl == 1 else prof.scaled(device=type_id(sl), scale=1 / sl))
+        # each device type as used: slowdown sl, and alone or beside other ranks on this socket (measured once per
+        # variant on a fixed probe, before the runs; see variant_factor)
+        for sl in set(rank_types(cfg)):
+            key = (sl, cfg.world > 1)
+            if key not in factors:
+                factors[key] = variant_factor(*key) if args.variants else 1.0
+                con.print(f"device variant: {sl:g}x slower, {'beside other ranks' if key[1] else 'alone'}: "
+                          f"compute x{factors[key]:.3f}")
+        profiles = {type_id(sl): prof.scaled(device=type_id(sl), scale=1 / (sl * factors[(sl, cfg.world > 1)]))
                     for sl in set(rank_types(cfg))}
         report = predict_detailed(cluster, spec, plan, profiles=profiles)
         pred = report.prediction
@@ -576,8 +649,8 @@ def main(argv: list[str] | None = None) -> int:
                   "peak above it {rest_measured:.1f} (pred. activations {activations_predicted:.1f})".format(
                       **{k: v / 2**20 for k, v in breakdown.items()}))
     table = Table(title="predicted vs measured (CPU, gloo)")
-    for col in ("config", "ranks", "cores", "contention", "step s", "pred s", "err %", "unadj. err %", "mem MiB",
-                "pred MiB", "err %"):
+    for col in ("config", "ranks", "cores", "contention", "step s", "pred s (drift adj.)", "err %", "plain err %",
+                "mem MiB", "pred MiB", "err %"):
         table.add_column(col, justify="right" if col != "config" else "left")
     t_err, t_err_raw, m_err = [], [], []
     for r in rows:
@@ -596,13 +669,14 @@ def main(argv: list[str] | None = None) -> int:
     all_ranks_meas = [v for r in rows for v in r["mem_measured_bytes"].values()]
     all_ranks_pred = [r["mem_predicted_bytes"][k] for r in rows for k in r["mem_measured_bytes"]]
     load = os.getloadavg()
-    summary = {"configs": len(rows), "time_mape": round(statistics.mean(t_err), 2),
+    summary = {"configs": len(rows), "time_mape": round(statistics.mean(t_err_raw), 2),
                "mem_mape": round(statistics.mean(m_err), 2),
-               "time_mape_unadjusted": round(statistics.mean(t_err_raw), 2),
+               "time_mape_drift_adjusted": round(statistics.mean(t_err), 2),
                "profile_contention": round(prof.contention, 3),
+               "device_variants": {f"{k:g}x{' colocated' if c else ''}": round(f, 3) for (k, c), f in factors.items()},
                "load_avg_1min": [round(load_before[0], 2), round(load[0], 2)]}
-    print(f"time MAPE {summary['time_mape']:.2f}% (max {max(t_err):.1f}%; without the speed-drift adjustment "
-          f"{summary['time_mape_unadjusted']:.2f}%), memory MAPE (busiest rank, above the "
+    print(f"time MAPE {summary['time_mape']:.2f}% (max {max(t_err_raw):.1f}%; with the speed-drift adjustment "
+          f"{summary['time_mape_drift_adjusted']:.2f}%), memory MAPE (busiest rank, above the "
           f"process baseline) {summary['mem_mape']:.2f}% (max {max(m_err):.1f}%); all ranks "
           f"{mape(all_ranks_pred, all_ranks_meas):.2f}%; "
           f"{time.perf_counter() - t_start:.0f} s; load average after {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
