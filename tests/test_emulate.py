@@ -82,3 +82,30 @@ def test_from_cluster_ratios():
         Emulator.from_cluster(c, 0, reference="tpu")
     with pytest.raises(ConfigError, match="rank"):
         Emulator.from_cluster(c, 9)
+
+
+def test_phase_moves_padding_before_the_block_and_keeps_the_total():
+    """With phase 1 the padding the previous block needed is slept before the next block; the padded duration of
+    each block stays slowdown x its compute (to the sleep's granularity)."""
+    emu = Emulator(slowdown=3.0, phase=1.0)
+    assert emu.before("fwd") == 0.0  # no previous block: nothing to size it from
+    first = emu.pad(0.01, "fwd")
+    assert first == pytest.approx(0.03, abs=0.01)
+    t0 = time.perf_counter()
+    pre = emu.before("fwd")
+    assert pre == pytest.approx(0.02, abs=0.01) and time.perf_counter() - t0 >= 0.019
+    second = emu.pad(0.01, "fwd")  # the remaining padding is ~0: total stays 3 x 0.01
+    assert second == pytest.approx(0.03, abs=0.01)
+    with pytest.raises(ConfigError, match="phase"):
+        Emulator(slowdown=2.0, phase=1.5)
+
+
+def test_alternating_phase_spreads_lockstep_ranks():
+    c = Cluster.from_dict({"name": "c", "device_types": [{"id": "fast", "like": "cpu"},
+                                                         {"id": "half", "like": "cpu", "scale": 0.5},
+                                                         {"id": "third", "like": "cpu", "scale": 1 / 3}],
+                           "nodes": [{"name": "a", "devices": {"type": "fast", "count": 1}},
+                                     {"name": "b", "devices": {"type": "half", "count": 1}},
+                                     {"name": "c", "devices": {"type": "third", "count": 2}}],
+                           "network": {"bandwidth_gbps": 10}})
+    assert [Emulator.alternating_phase(c, r) for r in range(4)] == [0.0, 0.0, 1.0, 0.0]

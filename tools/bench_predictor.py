@@ -251,7 +251,6 @@ def worker(args: argparse.Namespace) -> int:
     import torch.distributed as dist
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
-    from hetero.cluster.spec import Cluster
     from hetero.models.gpt import Block, Embedding, GPTConfig, Head, lm_loss
     from hetero.runtime.emulate import Emulator
 
@@ -264,10 +263,10 @@ def worker(args: argparse.Namespace) -> int:
                             timeout=timedelta(seconds=120))
     dist.barrier()
     baseline = anon_rss()
-    cluster = Cluster.from_dict(job["cluster"])
-    # benchmark-only emulation of a slower device: slowdown = peak of this CPU's type / peak of the rank's type
-    ref = "bench-cpu" if "bench-cpu" in cluster.device_types() else None
-    emu = Emulator.from_cluster(cluster, rank, reference=ref) if ref else Emulator(slowdown=cfg.slow(rank // cfg.dp))
+    # benchmark-only emulation of a slower device (the rank's slowdown), see hetero.runtime.emulate
+    slow = [r for r, k in enumerate(rank_types(cfg)[: rank + 1]) if k > 1]  # emulated ranks alternate phases
+    phase = 1.0 if slow and slow[-1] == rank and len(slow) % 2 == 0 else 0.0
+    emu = Emulator(slowdown=cfg.slow(rank // cfg.dp), phase=phase)
     mem = MemorySampler()
     acct = {"on": job["warmup"] == 0, "wall": 0.0, "cpu": 0.0, "padded": 0.0, "fwd": 0.0, "bwd": 0.0, "opt": 0.0}
     phases = {"pipeline": 0.0, "allreduce": 0.0, "optimizer": 0.0}  # wall seconds summed over the timed steps
@@ -275,10 +274,11 @@ def worker(args: argparse.Namespace) -> int:
     @contextlib.contextmanager
     def block(kind: str):
         """One compute block: padded by the emulator; wall and thread-CPU seconds summed (contention factor)."""
+        emu.before(kind)
         w0, c0 = time.perf_counter(), time.thread_time()
         yield
         w, c = time.perf_counter() - w0, time.thread_time() - c0
-        padded = emu.pad(w)
+        padded = emu.pad(w, kind)
         if os.environ.get("HETERO_BENCH_TRACE") and acct["on"]:
             print(f"TRACE r{rank} {kind} wall {w * 1e3:.2f} cpu {c * 1e3:.2f} padded {padded * 1e3:.2f}", flush=True)
         if acct["on"]:

@@ -23,15 +23,26 @@ from collections.abc import Callable, Iterator
 from hetero.config import ConfigError
 
 ENV_VAR = "HETERO_SLOWDOWN"
+PHASE_VAR = "HETERO_EMULATE_PHASE"
 
 
 class Emulator:
-    """Pads compute blocks to emulate a device ``slowdown`` times slower (tests/benchmarks only)."""
+    """Pads compute blocks to emulate a device ``slowdown`` times slower (tests/benchmarks only).
 
-    def __init__(self, *, slowdown: float):
+    ``phase`` (0..1) is the share of each block's padding slept *before* the block (sized from the previous block
+    of the same kind; the rest, after it, makes the total exact). Ranks that run in lockstep (DP replicas) with
+    different phases put their compute at different moments of the padded window, so on a machine with fewer
+    cores than ranks they do not all compute at once, as real devices, which share no cores, never do."""
+
+    def __init__(self, *, slowdown: float, phase: float = 0.0):
         if not (isinstance(slowdown, (int, float)) and slowdown >= 1.0):
             raise ConfigError("slowdown", f"must be a number >= 1, got {slowdown!r}")
+        if not (isinstance(phase, (int, float)) and 0.0 <= phase <= 1.0):
+            raise ConfigError("phase", f"must be a number in [0, 1], got {phase!r}")
         self.slowdown = float(slowdown)
+        self.phase = float(phase)
+        self._last: dict[str, float] = {}
+        self._pre: dict[str, float] = {}
         self.compute_s = 0.0
         """Measured (unpadded) seconds of all blocks so far."""
         self.padded_s = 0.0
@@ -52,15 +63,20 @@ class Emulator:
 
     @classmethod
     def from_env(cls) -> Emulator:
-        """Slowdown from ``HETERO_SLOWDOWN`` (1 when unset or empty)."""
+        """Slowdown from ``HETERO_SLOWDOWN`` (1 when unset or empty), phase from ``HETERO_EMULATE_PHASE`` (0)."""
         raw = os.environ.get(ENV_VAR, "").strip()
+        raw_phase = os.environ.get(PHASE_VAR, "").strip() or "0"
+        try:
+            phase = float(raw_phase)
+        except ValueError:
+            raise ConfigError(PHASE_VAR, f"must be a number in [0, 1], got {raw_phase!r}") from None
         if not raw:
-            return cls(slowdown=1.0)
+            return cls(slowdown=1.0, phase=phase)
         try:
             value = float(raw)
         except ValueError:
             raise ConfigError(ENV_VAR, f"must be a number >= 1, got {raw!r}") from None
-        return cls(slowdown=value)
+        return cls(slowdown=value, phase=phase)
 
     @classmethod
     def from_cluster(cls, cluster, rank: int, *, reference: str | None = None) -> Emulator:
@@ -83,25 +99,45 @@ class Emulator:
                               "slow a rank down (pick the fastest type as reference)")
         return cls(slowdown=max(ratio, 1.0))
 
-    def pad(self, elapsed_s: float) -> float:
-        """Sleep ``(slowdown - 1) x elapsed_s`` after a block that took ``elapsed_s``; return the padded duration
-        (elapsed plus the sleep actually taken)."""
+    @staticmethod
+    def alternating_phase(cluster, rank: int, *, reference: str | None = None) -> float:
+        """0 or 1: the emulated (slowed) ranks of ``cluster`` in rank order alternate computing first and last in
+        their padded windows, so lockstep ranks overlap as little as their duty cycles allow."""
+        slow = [r for r in range(rank + 1) if Emulator.from_cluster(cluster, r, reference=reference).slowdown > 1.0]
+        return 1.0 if slow and slow[-1] == rank and len(slow) % 2 == 0 else 0.0
+
+    def before(self, kind: str = "block") -> float:
+        """Sleep ``phase`` of the padding the previous ``kind`` block needed, before this one; return it."""
+        want = self.phase * (self.slowdown - 1.0) * self._last.get(kind, 0.0)
+        slept = self._sleep(want)
+        self._pre[kind] = slept
+        return slept
+
+    def pad(self, elapsed_s: float, kind: str = "block") -> float:
+        """After a block that took ``elapsed_s``: sleep what remains of its ``(slowdown - 1) x elapsed_s`` padding
+        (all of it unless ``before`` slept part); return the padded duration (elapsed plus all sleep for it)."""
         if elapsed_s < 0:
             raise ValueError(f"elapsed_s must be >= 0, got {elapsed_s}")
         self.compute_s += elapsed_s
-        want = (self.slowdown - 1.0) * elapsed_s
+        self._last[kind] = elapsed_s
+        pre = self._pre.pop(kind, 0.0)
+        slept = self._sleep((self.slowdown - 1.0) * elapsed_s - pre)
+        return elapsed_s + pre + slept
+
+    def _sleep(self, want: float) -> float:
         if want <= 0:
-            return elapsed_s
+            return 0.0
         t0 = time.perf_counter()
         time.sleep(want)
         slept = time.perf_counter() - t0
         self.padded_s += slept
-        return elapsed_s + slept
+        return slept
 
     @contextlib.contextmanager
     def compute(self, *, sync: Callable[[], None] | None = None) -> Iterator[None]:
         """Time the block (calling ``sync`` before reading the clock, e.g. ``torch.cuda.synchronize``), then
         pad it."""
+        self.before()
         if sync is not None:
             sync()
         t0 = time.perf_counter()

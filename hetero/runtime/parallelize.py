@@ -45,9 +45,14 @@ class _Timer:
         self.padded_s = 0.0
         self._bwd_t0: list[float] = []
 
-    def add(self, elapsed: float) -> None:
+    def before(self, kind: str) -> None:
+        """Emulation: the share of the padding slept before a ``kind`` ("fwd"/"bwd") block (see Emulator)."""
+        if self.emulator is not None:
+            self.emulator.before(kind)
+
+    def add(self, elapsed: float, kind: str) -> None:
         self.busy_s += elapsed
-        self.padded_s += self.emulator.pad(elapsed) if self.emulator is not None else elapsed
+        self.padded_s += self.emulator.pad(elapsed, kind) if self.emulator is not None else elapsed
 
 
 class _BackwardStart(torch.autograd.Function):
@@ -60,6 +65,7 @@ class _BackwardStart(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        ctx.timer.before("bwd")
         ctx.timer._bwd_t0.append(time.perf_counter())
         return grad, None
 
@@ -76,7 +82,7 @@ class _BackwardEnd(torch.autograd.Function):
     def backward(ctx, grad):
         t = ctx.timer
         if t._bwd_t0:
-            t.add(time.perf_counter() - t._bwd_t0.pop())
+            t.add(time.perf_counter() - t._bwd_t0.pop(), "bwd")
         return grad, None
 
 
@@ -92,6 +98,7 @@ class StageModule(nn.Module):
         self.timer = _Timer(emulator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.timer.before("fwd")
         t0 = time.perf_counter()
         grad = torch.is_grad_enabled()
         marked = False
@@ -104,7 +111,7 @@ class StageModule(nn.Module):
                 x = layer(x)
         if grad and not marked and x.requires_grad:  # a one-layer first stage: time its backward from here
             x, marked = _BackwardEnd.apply(x, self.timer), True
-        self.timer.add(time.perf_counter() - t0)
+        self.timer.add(time.perf_counter() - t0, "fwd")
         if grad and x.requires_grad:
             x = _BackwardStart.apply(x, self.timer)
         return x

@@ -78,6 +78,8 @@ def assignment(env: dict[str, str]) -> dict[str, str]:
             from hetero.runtime.emulate import Emulator  # tests/benchmarks only
 
             out["HETERO_SLOWDOWN"] = f"{Emulator.from_cluster(cluster, rank).slowdown:.6g}"
+            if "HETERO_EMULATE_PHASE" not in env:  # emulated ranks alternate computing first / last in their window
+                out["HETERO_EMULATE_PHASE"] = f"{Emulator.alternating_phase(cluster, rank):g}"
     return out
 
 
