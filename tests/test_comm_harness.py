@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 import tempfile
 import traceback
 from datetime import timedelta
@@ -20,14 +19,9 @@ from pathlib import Path
 import pytest
 import torch.multiprocessing as mp
 
+from hetero.runtime.testing import free_port
+
 OP_TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, types: list[str], fn, outdir: str, backend: str,

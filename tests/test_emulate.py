@@ -108,4 +108,5 @@ def test_alternating_phase_spreads_lockstep_ranks():
                                      {"name": "b", "devices": {"type": "half", "count": 1}},
                                      {"name": "c", "devices": {"type": "third", "count": 2}}],
                            "network": {"bandwidth_gbps": 10}})
-    assert [Emulator.alternating_phase(c, r) for r in range(4)] == [0.0, 0.0, 1.0, 0.0]
+    slowdowns = [Emulator.from_cluster(c, r).slowdown for r in range(4)]
+    assert [Emulator.alternating_phase(slowdowns, r) for r in range(4)] == [0.0, 0.0, 1.0, 0.0]

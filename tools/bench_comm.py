@@ -33,7 +33,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -162,12 +161,6 @@ def worker(args) -> None:
 
 
 # -- driver side ------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _collect(out: str) -> tuple[list[dict], dict]:
     rows, desc = [], {}
     for line in out.splitlines():
@@ -180,7 +173,9 @@ def _collect(out: str) -> tuple[list[dict], dict]:
 
 def run_local(args, world: int, progress) -> tuple[list[dict], dict]:
     """Part 1 for one world size under mpiexec (or plain processes with --no-mpi)."""
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(world),
+    from hetero.runtime.testing import free_port
+
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(world),
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, __file__, "--worker", "local", "--sizes-mb", args.sizes_mb, "--ops", args.ops,
            "--rounds", str(args.rounds)]

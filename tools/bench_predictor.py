@@ -52,8 +52,6 @@ import argparse
 import contextlib
 import json
 import os
-import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -264,11 +262,9 @@ def worker(args: argparse.Namespace) -> int:
     dist.barrier()
     baseline = anon_rss()
     # benchmark-only emulation of a slower device (the rank's slowdown), see hetero.runtime.emulate
-    slow = [r for r, k in enumerate(rank_types(cfg)[: rank + 1]) if k > 1]  # emulated ranks alternate phases
-    phase = 1.0 if slow and slow[-1] == rank and len(slow) % 2 == 0 else 0.0
-    emu = Emulator(slowdown=cfg.slow(rank // cfg.dp), phase=phase)
+    emu = Emulator(slowdown=cfg.slow(rank // cfg.dp), phase=Emulator.alternating_phase(rank_types(cfg), rank))
     mem = MemorySampler()
-    acct = {"on": job["warmup"] == 0, "wall": 0.0, "cpu": 0.0, "padded": 0.0, "fwd": 0.0, "bwd": 0.0, "opt": 0.0}
+    acct = {"on": job["warmup"] == 0, "wall": 0.0, "cpu": 0.0, "fwd": 0.0, "bwd": 0.0, "opt": 0.0}
     phases = {"pipeline": 0.0, "allreduce": 0.0, "optimizer": 0.0}  # wall seconds summed over the timed steps
 
     @contextlib.contextmanager
@@ -284,7 +280,6 @@ def worker(args: argparse.Namespace) -> int:
         if acct["on"]:
             acct["wall"] += w
             acct["cpu"] += c
-            acct["padded"] += padded
             acct[kind] += padded
     p, dp = len(cfg.stages), cfg.dp
     s, d = divmod(rank, dp)
@@ -380,7 +375,7 @@ def worker(args: argparse.Namespace) -> int:
             phases["optimizer"] += time.perf_counter() - t2
 
     times, peak, persistent = [], 0, 0
-    ru0 = None
+    cpu0 = None  # process CPU seconds (all threads) when the timed steps start
     if job["mode"] == "time":
         for it in range(job["warmup"] + job["steps"]):
             dist.barrier()
@@ -388,7 +383,7 @@ def worker(args: argparse.Namespace) -> int:
             train_step()
             dist.barrier()
             if it + 1 == job["warmup"]:
-                ru0 = resource.getrusage(resource.RUSAGE_SELF)
+                cpu0 = time.process_time()
             if it >= job["warmup"]:
                 times.append(time.perf_counter() - t0)
             acct["on"] = it + 1 >= job["warmup"]
@@ -404,11 +399,10 @@ def worker(args: argparse.Namespace) -> int:
         persistent = anon_rss()  # after the step: weights, gradients, AdamW state, pipeline buffers
     Path(args.out).write_text(json.dumps({"rank": rank, "times": times, "baseline_rss": baseline, "peak_rss": peak,
                                           "persistent_rss": persistent,
-                                          "process_cpu_s": ((lambda r: r.ru_utime + r.ru_stime)(resource.getrusage(resource.RUSAGE_SELF)) - ru0.ru_utime - ru0.ru_stime) / max(len(times), 1) if ru0 else 0.0,
+                                          "process_cpu_s": (time.process_time() - cpu0) / max(len(times), 1) if cpu0 is not None else 0.0,
                                           "compute_cpu_s": acct["cpu"] / max(len(times), 1),
                                           "phases_s": {k: v / max(len(times), 1) for k, v in phases.items()},
                                           "blocks_s": {k: acct[k] / max(len(times), 1) for k in ("fwd", "bwd", "opt")},
-                                          "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                                           "slowdown": emu.slowdown,
                                           "contention": acct["wall"] / acct["cpu"] if acct["cpu"] > 0 else 1.0, "params": sum(q.numel() for q in params)}))
     dist.barrier()
@@ -416,21 +410,13 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def speed_probe(reps: int = 3) -> float:
+def speed_probe(reps: int = 12) -> float:
     """Thread-CPU seconds of a fixed reference workload on one thread: forward + backward of one block of each
-    benchmark model (micro-batch 2), best of ``reps``. The ratio of two probes is how much faster or slower this
-    shared machine runs now than when the profile was taken (other tenants of the host slow every core)."""
-    from hetero.predictor.microbench import time_layer
-
-    best = float("inf")
-    for _ in range(reps):
-        t = 0.0
-        for kw in MODELS.values():
-            r = time_layer(dict(kind="transformer", hidden=kw["hidden"], heads=kw["heads"], seq=kw["seq_len"], mbs=2),
-                           clock=time.thread_time, min_time=0.05)
-            t += r.fwd_s + r.bwd_s
-        best = min(best, t)
-    return best
+    benchmark model (micro-batch 2), the median of ``reps`` per model, summed. The ratio of two probes is how much
+    faster or slower this shared machine runs now than when the profile was taken (other tenants of the host slow
+    every core)."""
+    times = _probe_blocks(1.0, reps)
+    return sum(statistics.median(times[i::len(MODELS)]) for i in range(len(MODELS)))
 
 
 def _probe_blocks(k: float, reps: int, seconds: float = 0.0) -> list[float]:
@@ -488,12 +474,6 @@ def variant_factor(k: float, colocated: bool, reps: int = 12) -> float:
     return var / base
 
 
-def _free_port() -> int:
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        return sk.getsockname()[1]
-
-
 def run_config(cfg: BenchConfig, cluster_doc: dict, *, mode: str, steps: int, warmup: int, timeout: float
                ) -> list[dict]:
     """Launch the ranks of one configuration (``mode`` time or memory) and collect their JSON results."""
@@ -503,26 +483,16 @@ def run_config(cfg: BenchConfig, cluster_doc: dict, *, mode: str, steps: int, wa
         job = Path(tmp, "job.json")
         job.write_text(json.dumps({"config": asdict(cfg), "cluster": cluster_doc, "steps": steps, "warmup": warmup,
                                    "mode": mode}))
-        port = _free_port()
+        from hetero.runtime.testing import free_port, wait_all
+
+        port = free_port()
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
         if mode == "memory":  # allocations >= 128 KiB via mmap: freed tensors leave the resident set
             env["MALLOC_MMAP_THRESHOLD_"] = "16384"
         outs = [Path(tmp, f"r{r}.json") for r in range(cfg.world)]
         procs = [subprocess.Popen([sys.executable, __file__, "--worker", "--job", str(job), "--rank", str(r),
                                    "--port", str(port), "--out", str(outs[r])], env=env) for r in range(cfg.world)]
-        deadline = time.monotonic() + timeout
-        try:
-            for pr in procs:
-                rc = pr.wait(timeout=max(deadline - time.monotonic(), 1.0))
-                if rc != 0:
-                    raise RuntimeError(f"{cfg.name}: a rank exited with status {rc}")
-        except subprocess.TimeoutExpired:
-            raise RuntimeError(f"{cfg.name}: did not finish within {timeout:.0f} s") from None
-        finally:
-            for pr in procs:
-                if pr.poll() is None:
-                    pr.kill()
-                    pr.wait()
+        wait_all(procs, timeout_s=timeout, what=cfg.name)
         return [json.loads(o.read_text()) for o in outs]
 
 

@@ -299,6 +299,26 @@ class Plan:
             raise under_file(path, e) from None
 
 
+def split_sizes(total: int, shares: list[float] | None, n: int, *, what: str) -> list[int]:
+    """Split ``total`` units (heads, FFN columns) over ``n`` ranks in proportion to ``shares`` (equal when None),
+    by largest remainder; every rank gets at least one unit. Returns the sizes (sum = total)."""
+    if shares is None:
+        shares = [1.0 / n] * n
+    if total < n:
+        raise ConfigError("tp_shares", f"cannot split {total} {what} over {n} TP ranks (need at least one each)")
+    raw = [total * s for s in shares]
+    sizes = [max(1, int(r)) for r in raw]
+    while sum(sizes) > total:  # the max(1, .) floor may overshoot: take from the largest
+        i = max((k for k in range(n) if sizes[k] > 1), key=lambda k: sizes[k] - raw[k])
+        sizes[i] -= 1
+    order = sorted(range(n), key=lambda k: raw[k] - sizes[k], reverse=True)
+    k = 0
+    while sum(sizes) < total:
+        sizes[order[k % n]] += 1
+        k += 1
+    return sizes
+
+
 def _ranges(xs: list[int]) -> str:
     if not xs:
         return "none"

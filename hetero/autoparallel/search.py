@@ -56,7 +56,7 @@ from hetero.autoparallel.partition import (
     min_capacity_scale,
     partition,
 )
-from hetero.autoparallel.plan import Plan, Prediction, Stage
+from hetero.autoparallel.plan import Plan, Prediction, Stage, split_sizes
 from hetero.cluster.spec import Cluster, DeviceType, Link
 from hetero.config import ConfigError, check
 from hetero.models.spec import DTYPE_BYTES, ModelSpec
@@ -508,10 +508,8 @@ class Searcher:
         ranks = [r for _, grp in reps for r in grp]
         types = [self.groups[k].device.id for k, _ in reps]
         speed = [self.groups[k].device.peak(self.cfg.dtype) for k, _ in reps]
-        for m in (x for x in _divisors(gb) if gb // x >= n):
-            shares = _proportional(gb // m, speed)
-            if shares is None:
-                continue
+        for m in (x for x in _divisors(gb) if gb // x >= n):  # gb // m >= n: every replica gets a sample
+            shares = split_sizes(gb // m, [x / sum(speed) for x in speed], n, what="samples")
             plan = rep = None
             for _ in range(rounds):
                 stage = Stage(layers=(0, self.L), device_type=types[0], ranks=ranks, tp=tp, dp=n,
@@ -522,8 +520,8 @@ class Searcher:
                             meta={"planner": "hetero.autoparallel.search", "family": "cross-type weighted DP"})
                 rep = predict_detailed(self.cluster, self.model, plan, profiles=self.profiles)
                 rate = [x / max(sim.finish[0], 1e-12) for x, sim in zip(shares, rep.simulations)]
-                new = _proportional(gb // m, rate)
-                if new is None or new == shares:
+                new = split_sizes(gb // m, [x / sum(rate) for x in rate], n, what="samples")
+                if new == shares:
                     break
                 shares = new
             plan.predicted = rep.prediction
@@ -658,21 +656,6 @@ def search(cluster: Cluster, model: ModelSpec, config: SearchConfig, *, profiles
         reasons[key] = reasons.get(key, 0) + len(infeasible_structs)
     return SearchResult(ranked=ranked, structures=len(structs), evaluated=evaluated, pruned=pruned,
                         infeasible=reasons, search_s=time.monotonic() - t0, time_limited=time_limited)
-
-
-def _proportional(total: int, weights: list[float]) -> list[int] | None:
-    """Split ``total`` into positive integers proportional to ``weights`` (largest remainder); None if
-    ``total`` is smaller than the number of parts."""
-    n = len(weights)
-    if total < n or n == 0 or min(weights) <= 0:
-        return None
-    raw = [total * w / sum(weights) for w in weights]
-    out = [max(1, int(r)) for r in raw]
-    while sum(out) > total:
-        out[out.index(max(out))] -= 1
-    for i in sorted(range(n), key=lambda k: raw[k] - out[k], reverse=True)[: total - sum(out)]:
-        out[i] += 1
-    return out
 
 
 def _bound(pool: list, keep: float, config: SearchConfig) -> float:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -262,17 +261,13 @@ def time_adamw(hidden: int, blocks: int, *, vocab: int = 0, device: str = "cpu",
     return OptimizerRecord(params=sum(p.numel() for p in params), seconds=secs)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_collectives(sizes: list[int], *, world_size: int = 2, timeout: float = 60.0, min_time: float = 0.03
                     ) -> tuple[list[CollectiveRecord], int, int]:
     """Time gloo collectives between ``world_size`` local processes; (records, max resident bytes after init,
     rank 0's runtime memory growth in its first training steps beyond tensors)."""
-    port = _free_port()
+    from hetero.runtime.testing import free_port, wait_all
+
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         outs = [os.path.join(tmp, f"rank{r}.json") for r in range(world_size)]
         env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="131072")
@@ -280,19 +275,7 @@ def run_collectives(sizes: list[int], *, world_size: int = 2, timeout: float = 6
                                    "--world", str(world_size), "--port", str(port), "--out", outs[r],
                                    "--sizes", ",".join(map(str, sizes)), "--min-time", str(min_time)], env=env)
                  for r in range(world_size)]
-        deadline = time.monotonic() + timeout
-        try:
-            for p in procs:
-                rc = p.wait(timeout=max(deadline - time.monotonic(), 1.0))
-                if rc != 0:
-                    raise RuntimeError(f"collective worker exited with status {rc}")
-        except subprocess.TimeoutExpired:
-            raise RuntimeError(f"collective benchmark did not finish within {timeout:.0f} s") from None
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
+        wait_all(procs, timeout_s=timeout, what="collective benchmark")
         results = [json.loads(open(o).read()) for o in outs]
     recs = [CollectiveRecord(**r) for r in results[0]["records"]]
     return recs, max(int(r["rss_after_init"]) for r in results), int(results[0]["runtime_bytes"])

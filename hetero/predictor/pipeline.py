@@ -102,16 +102,12 @@ def simulate(fwd: Sequence[float], bwd: Sequence[float], m: int, *, schedule: st
     p2p[s]: transfer time from stage s to s+1 (length p-1; activations forward, gradients backward);
     m: micro-batches. Raises ValueError if the schedule deadlocks (it never does for valid inputs)."""
     p = len(fwd)
-    if p != len(bwd):
-        raise ValueError("fwd and bwd need one entry per stage")
-    if m < 1:
-        raise ValueError("need at least one micro-batch")
     comm = list(p2p) if p2p is not None else [0.0] * max(p - 1, 0)
     if not keep_blocks and _csrc is not None and p >= 1:  # the same event loop in C++ (csrc/pipeline.cpp)
         try:
             makespan, busy, finish = _csrc.simulate([float(x) for x in fwd], [float(x) for x in bwd], int(m),
                                                     schedule, [float(x) for x in comm], int(virtual_stages))
-        except RuntimeError as e:
+        except RuntimeError as e:  # a deadlock (bad input raises ValueError there, as it does below)
             raise ValueError(str(e)) from None
         return Simulation(makespan=makespan, busy=list(busy), finish=list(finish))
     return simulate_py(fwd, bwd, m, schedule=schedule, p2p=comm, virtual_stages=virtual_stages,

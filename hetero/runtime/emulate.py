@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from hetero.config import ConfigError
 
@@ -100,10 +100,10 @@ class Emulator:
         return cls(slowdown=max(ratio, 1.0))
 
     @staticmethod
-    def alternating_phase(cluster, rank: int, *, reference: str | None = None) -> float:
-        """0 or 1: the emulated (slowed) ranks of ``cluster`` in rank order alternate computing first and last in
+    def alternating_phase(slowdowns: Sequence[float], rank: int) -> float:
+        """0 or 1: the emulated ranks (``slowdowns[r] > 1``, in rank order) alternate computing first and last in
         their padded windows, so lockstep ranks overlap as little as their duty cycles allow."""
-        slow = [r for r in range(rank + 1) if Emulator.from_cluster(cluster, r, reference=reference).slowdown > 1.0]
+        slow = [r for r, k in enumerate(slowdowns[: rank + 1]) if k > 1.0]
         return 1.0 if slow and slow[-1] == rank and len(slow) % 2 == 0 else 0.0
 
     def before(self, kind: str = "block") -> float:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +24,7 @@ import torch.distributed as dist
 
 from hetero.autoparallel.plan import Plan, Stage
 from hetero.config import ConfigError
+from hetero.runtime.testing import free_port
 
 
 @dataclass(kw_only=True)
@@ -89,12 +89,6 @@ class Runtime:
             dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _store(timeout: datetime.timedelta):
     """(store, rank, world) for env:// rendezvous, the keys prefixed by the elastic restart attempt: after a restart
     the agent's store still holds the dead workers' addresses, which a fresh worker could otherwise read."""
@@ -117,7 +111,7 @@ def _join(plan: Plan, timeout_s: float, device_type: str | None, backend: str) -
             raise ConfigError("plan", f"the plan needs {plan.world_size} ranks but this process was not started by "
                                       "hetero-run/torchrun (RANK and WORLD_SIZE are unset); run it with hetero-run")
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+                          MASTER_PORT=str(free_port()))
     timeout = datetime.timedelta(seconds=timeout_s)
     try:
         hetero_init = None

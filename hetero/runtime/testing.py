@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 import queue
 import socket
+import subprocess
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch.multiprocessing as mp
@@ -26,6 +27,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_all(procs: Sequence[subprocess.Popen], *, timeout_s: float, what: str) -> None:
+    """Wait for rank processes started with ``subprocess.Popen``; raise RuntimeError naming ``what`` when one exits
+    with a non-zero status or they outlast ``timeout_s``. Any still running on the way out are killed."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        for p in procs:
+            rc = p.wait(timeout=max(deadline - time.monotonic(), 1.0))
+            if rc != 0:
+                raise RuntimeError(f"{what}: a rank exited with status {rc}")
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{what}: did not finish within {timeout_s:.0f} s") from None
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def _entry(fn, rank, world, port, args, env, q):

@@ -21,27 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from hetero.config import ConfigError
-
-
-def split_sizes(total: int, shares: list[float] | None, n: int, *, what: str) -> list[int]:
-    """Split ``total`` units (heads, FFN columns) over ``n`` ranks in proportion to ``shares`` (equal when None),
-    by largest remainder; every rank gets at least one unit. Returns the sizes (sum = total)."""
-    if shares is None:
-        shares = [1.0 / n] * n
-    if total < n:
-        raise ConfigError("tp_shares", f"cannot split {total} {what} over {n} TP ranks (need at least one each)")
-    raw = [total * s for s in shares]
-    sizes = [max(1, int(r)) for r in raw]
-    while sum(sizes) > total:  # the max(1, .) floor may overshoot: take from the largest
-        i = max((k for k in range(n) if sizes[k] > 1), key=lambda k: sizes[k] - raw[k])
-        sizes[i] -= 1
-    order = sorted(range(n), key=lambda k: raw[k] - sizes[k], reverse=True)
-    k = 0
-    while sum(sizes) < total:
-        sizes[order[k % n]] += 1
-        k += 1
-    return sizes
+from hetero.autoparallel.plan import split_sizes
 
 
 def shard_range(total: int, shares: list[float] | None, n: int, index: int, *, what: str) -> tuple[int, int]:

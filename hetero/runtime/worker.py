@@ -79,7 +79,8 @@ def assignment(env: dict[str, str]) -> dict[str, str]:
 
             out["HETERO_SLOWDOWN"] = f"{Emulator.from_cluster(cluster, rank).slowdown:.6g}"
             if "HETERO_EMULATE_PHASE" not in env:  # emulated ranks alternate computing first / last in their window
-                out["HETERO_EMULATE_PHASE"] = f"{Emulator.alternating_phase(cluster, rank):g}"
+                slowdowns = [Emulator.from_cluster(cluster, r).slowdown for r in range(rank + 1)]
+                out["HETERO_EMULATE_PHASE"] = f"{Emulator.alternating_phase(slowdowns, rank):g}"
     return out
 
 
