@@ -55,6 +55,16 @@ def test_plan_with_roles_round_trips(tmp_path):
     assert Plan.from_dict({k: v for k, v in plan.to_dict().items() if k != "roles"}).roles is None
 
 
+def test_rl_plan_world_size_counts_every_role_rank():
+    rp = RolePlan.from_dict({"mode": "disaggregated", "num_envs": 8, "k": 2, "env": {"ranks": [0]},
+                             "rollout": {"ranks": [1]}, "actor": {"ranks": [2, 3]}})
+    plan = S.to_plan(rp, samples=24)
+    assert plan.world_size == 4 and sorted(plan.rank_map()) == [2, 3]  # stages hold the actor ranks only
+    plan.validate(world_size=4)
+    with pytest.raises(ConfigError, match="roles: roles use ranks"):
+        plan.validate(world_size=5)
+
+
 def test_collocated_is_the_sum_of_role_times_plus_switches():
     # one rank does everything: T steps of (sample + env) on 8 envs, one bootstrap forward, update, switch
     cfg = _cfg([{"type": "cpu", "count": 1}], {"cpu": _prof(0.01, 0.002, 0.001, switch=0.05, roll_fixed=0.003)},

@@ -205,8 +205,9 @@ class Plan:
 
     @property
     def world_size(self) -> int:
-        """Ranks the plan uses."""
-        return sum(len(s.ranks) for s in self.stages)
+        """Ranks the plan uses (with RL roles: every rank of any role, the stages cover the actor ranks)."""
+        n = sum(len(s.ranks) for s in self.stages)
+        return max(n, self.roles.world_size) if self.roles is not None else n
 
     def micro_batch_size(self, dp_index: int) -> int:
         """Samples per micro-batch of pipeline ``dp_index``."""
@@ -228,7 +229,11 @@ class Plan:
         if num_layers is not None:
             check(num_layers == self.num_layers, "num_layers",
                   f"plan was made for a model with {self.num_layers} layers, this model has {num_layers}")
-        if world_size is not None:
+        if world_size is not None and self.roles is not None:  # RL: the roles cover the world, stages the actors
+            self.roles.validate(world_size=world_size)
+            outside = sorted(set(self.rank_map()) - set(range(world_size)))
+            check(not outside, "stages", f"ranks {_ranges(outside)} are outside the world of {world_size} ranks")
+        elif world_size is not None:
             used = set(self.rank_map())
             check(len(used) == world_size and used == set(range(world_size)), "stages",
                   f"plan covers ranks {_ranges(sorted(used))} but the world has {world_size} ranks "

@@ -294,6 +294,14 @@ class VLAPolicy(nn.Module):
         for p in (self.action_pos, self.type_emb):
             nn.init.normal_(p, std=0.02)
 
+    EXPERT_MODULES = ("action_in", "time_mlp", "action_pos", "expert", "expert_norm", "velocity_out", "noise_head")
+    """Top-level parameter names of the action expert (and its Flow-Noise head); the rest is the prefix encoder
+    and the value head."""
+
+    def is_expert_param(self, name: str) -> bool:
+        """Whether the parameter ``name`` (from ``named_parameters``) belongs to the action expert."""
+        return name.split(".", 1)[0] in self.EXPERT_MODULES
+
     def num_parameters(self, trainable_only: bool = True) -> int:
         """Parameter count (the frozen MiniLM encoder is not a registered module and never counts)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

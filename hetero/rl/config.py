@@ -3,18 +3,21 @@
     from hetero.rl.config import load_config
     cfg = load_config("examples/rl/metaworld_mt10_flow_sde.yaml")   # ConfigError with the key path on bad input
 
-Sections: ``env`` (:class:`MetaWorldConfig`), ``policy`` (:class:`PolicyConfig`), ``sampler``
+``benchmark`` picks the env family and so the type of the ``env`` section: ``metaworld`` (:class:`MetaWorldConfig`,
+the default) or ``libero`` (:class:`LiberoConfig`). Sections: ``env``, ``policy`` (:class:`PolicyConfig`), ``sampler``
 (:class:`SamplerConfig`), ``sft`` (:class:`SFTConfig`), ``algo`` (:class:`AlgoConfig`), ``train``
 (:class:`TrainConfig`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from hetero.config import build, check, load_yaml
+from hetero.config import ConfigError, build, check, load_yaml
 from hetero.models.vla import VLAConfig
+from hetero.rl.envs.libero import LiberoConfig
 from hetero.rl.envs.metaworld import MetaWorldConfig
 from hetero.rl.policy import SamplerConfig
 
@@ -112,6 +115,8 @@ class AlgoConfig:
     """GRPO: drop groups whose mean score is above this (scores are success counts with sparse reward)."""
     target_kl: float | None = None
     """Stop the update epochs early when the approximate KL exceeds this (null: never)."""
+    train_expert_only: bool = False
+    """Freeze the prefix encoder (state/text/image encoders, backbone); RL moves the action expert and heads."""
 
     def __post_init__(self):
         check(self.rollout_chunks >= 1, "rollout_chunks", "must be >= 1")
@@ -164,10 +169,11 @@ class TrainConfig:
 class RLConfig:
     """A whole run: env, policy, sampler, SFT, algorithm, training loop."""
 
-    benchmark: Literal["metaworld"] = "metaworld"
-    """Benchmark family of ``env``."""
-    env: MetaWorldConfig = field(default_factory=MetaWorldConfig)
-    """Vectorised training environment."""
+    benchmark: Literal["metaworld", "libero"] = "metaworld"
+    """Benchmark family of ``env``: metaworld or libero."""
+    env: Any = None
+    """Vectorised training environment: a :class:`MetaWorldConfig` (benchmark metaworld) or :class:`LiberoConfig`
+    (benchmark libero) mapping; null or absent: the benchmark's defaults."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     """Model."""
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -180,10 +186,24 @@ class RLConfig:
     """RL loop."""
 
     def __post_init__(self):
+        env_cls = ENV_CONFIGS[self.benchmark]
+        if self.env is None:
+            self.env = env_cls()
+        elif isinstance(self.env, Mapping):  # built here: which class depends on ``benchmark``
+            try:
+                self.env = build(env_cls, self.env)
+            except ConfigError as e:
+                raise e.under("env") from None
+        check(isinstance(self.env, env_cls), "env",
+              f"benchmark {self.benchmark} needs a {env_cls.__name__}, got {type(self.env).__name__}")
         check(self.sampler.chunk <= self.policy.horizon, "sampler.chunk", "must be <= policy.horizon")
         if self.algo.name == "grpo":
             check(self.env.group_size == self.algo.group_size, "env.group_size",
                   f"must equal algo.group_size={self.algo.group_size} for GRPO")
+
+
+ENV_CONFIGS: dict[str, type] = {"metaworld": MetaWorldConfig, "libero": LiberoConfig}
+"""Env config class of each ``RLConfig.benchmark``."""
 
 
 def load_config(path: str, overrides: list[str] | None = None) -> RLConfig:

@@ -366,11 +366,10 @@ def _measure(rl_cfg, *, sizes, sample_sizes, device, repeats, slowdown, with_env
     import numpy as np
     import torch
 
-    from hetero.rl.envs.metaworld import make_vec_env
+    from hetero.rl.envs import make_vec_env
     from hetero.rl.offload import HostStore
     from hetero.rl.policy import load_checkpoint, obs_to_torch, sample
-    from hetero.rl.trainer import _index_obs
-    from hetero.rl.workers import make_optimizer, ppo_update
+    from hetero.rl.update import index_obs, make_optimizer, ppo_update
 
     model, _ = load_checkpoint(rl_cfg.train.init_checkpoint)
     model.to(device)
@@ -408,7 +407,7 @@ def _measure(rl_cfg, *, sizes, sample_sizes, device, repeats, slowdown, with_env
     act_t = []
     for n in sample_sizes:
         idx = torch.arange(n) % s.chain.shape[0]
-        batch = {"obs": _index_obs(o, idx), "chain": s.chain.cpu()[idx], "denoise_ind": s.denoise_ind.cpu()[idx],
+        batch = {"obs": index_obs(o, idx), "chain": s.chain.cpu()[idx], "denoise_ind": s.denoise_ind.cpu()[idx],
                  "logp": s.logp.cpu()[idx], "value": s.value.cpu()[idx], "adv": torch.randn(n), "ret": torch.randn(n)}
         ts = []
         for _ in range(2):

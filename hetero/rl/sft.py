@@ -5,6 +5,10 @@
 The demos (``sft.demos_per_task`` successful expert episodes per task, on the training variations) are cut into
 every chunk of H consecutive actions (the last action repeated past the episode end), states are normalised with
 the demo statistics stored in the model, and the policy is trained by flow matching.
+
+LIBERO has no demonstrations offline (they live on the HuggingFace Hub): for ``benchmark: libero`` this command
+writes an untrained policy (``"kind": "scratch"``, state normalisation from random-action rollouts) that RL then
+starts from.
 """
 
 from __future__ import annotations
@@ -77,11 +81,31 @@ def train_sft(model: VLAPolicy, data: dict, *, steps: int, batch_size: int, lr: 
     return losses
 
 
+def scratch_model(cfg: RLConfig) -> tuple[VLAPolicy, dict]:
+    """LIBERO: an untrained policy (no demos offline), states normalised with random-action rollout statistics;
+    writes ``cfg.sft.checkpoint``."""
+    from hetero.rl.envs.libero import state_stats
+
+    t0 = time.time()
+    torch.manual_seed(cfg.sft.seed)
+    mean, std = state_stats(cfg.env, seed=cfg.sft.seed)
+    model = build_model(cfg, state_dim=cfg.env.state_dim, action_dim=cfg.env.action_dim)
+    model.set_state_stats(torch.as_tensor(mean), torch.as_tensor(std))
+    Path(cfg.sft.checkpoint).parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(cfg.sft.checkpoint, model=model, extra={"kind": "scratch"})
+    return model, {"demos": 0, "kind": "scratch", "note": "no LIBERO demos offline: untrained policy",
+                   "stats_s": round(time.time() - t0, 1), "parameters": model.num_parameters(),
+                   "text": model.cfg.text, "checkpoint": cfg.sft.checkpoint}
+
+
 def run_sft(cfg: RLConfig, *, progress: bool = True) -> tuple[VLAPolicy, dict]:
-    """Collect demos, train, write ``cfg.sft.checkpoint``; returns (model, summary dict)."""
+    """Collect demos, train, write ``cfg.sft.checkpoint``; returns (model, summary dict). LIBERO: see
+    :func:`scratch_model`."""
     t0 = time.time()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    if cfg.benchmark == "libero":
+        return scratch_model(cfg)
     torch.manual_seed(cfg.sft.seed)
     demos = collect_demos(cfg.env, per_task=cfg.sft.demos_per_task, seed=cfg.sft.seed)
     t_demo = time.time() - t0

@@ -26,9 +26,10 @@ import torch
 from hetero.config import to_dict
 from hetero.rl import algos
 from hetero.rl.config import RLConfig
-from hetero.rl.envs.metaworld import make_vec_env
+from hetero.rl.envs import make_vec_env
 from hetero.rl.eval import evaluate_config
-from hetero.rl.policy import load_checkpoint, obs_to_torch, replay, sample, save_checkpoint
+from hetero.rl.policy import load_checkpoint, obs_to_torch, sample, save_checkpoint
+from hetero.rl.update import cat_obs, index_obs, make_optimizer, ppo_update
 
 
 def _tensorboard(out_dir: Path, enabled: bool):
@@ -39,21 +40,6 @@ def _tensorboard(out_dir: Path, enabled: bool):
     except Exception:  # tensorboard not installed: metrics.jsonl still has everything
         return None
     return SummaryWriter(str(out_dir / "tb"))
-
-
-def _index_obs(obs: dict, idx) -> dict:
-    out = {"state": obs["state"][idx], "instruction": [obs["instruction"][i] for i in idx.tolist()]}
-    if "images" in obs:
-        out["images"] = obs["images"][idx]
-    return out
-
-
-def _cat_obs(obs_list: list[dict]) -> dict:
-    out = {"state": torch.cat([o["state"] for o in obs_list]),
-           "instruction": [s for o in obs_list for s in o["instruction"]]}
-    if "images" in obs_list[0]:
-        out["images"] = torch.cat([o["images"] for o in obs_list])
-    return out
 
 
 def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
@@ -71,10 +57,7 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
     model, ck = load_checkpoint(ckpt_path if resumed else tc.init_checkpoint)
     model.cfg.detach_critic_input = cfg.policy.detach_critic_input  # an RL-time choice, not an SFT one
     model.to(dev)
-    value_params = [p for n, p in model.named_parameters() if n.startswith("value_head")]
-    policy_params = [p for n, p in model.named_parameters() if not n.startswith("value_head") and p.requires_grad]
-    opt = torch.optim.AdamW([{"params": policy_params, "lr": ac.lr}, {"params": value_params, "lr": ac.value_lr}],
-                            betas=(0.9, 0.95), eps=1e-8, weight_decay=ac.weight_decay)
+    opt, _, _ = make_optimizer(model, cfg)
     start_iter, history = 0, []
     if resumed:
         opt.load_state_dict(ck["optimizer"])
@@ -135,7 +118,7 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
                 if ac.name == "ppo" and res.truncated.any():  # bootstrap time-limit ends with V(final obs)
                     idx = torch.as_tensor(np.nonzero(res.truncated)[0])
                     with torch.no_grad():
-                        fv = model.value(model.encode(_index_obs(obs_to_torch(res.final_obs, dev), idx))).cpu()
+                        fv = model.value(model.encode(index_obs(obs_to_torch(res.final_obs, dev), idx))).cpu()
                     r[idx] += ac.gamma * fv
                 rewards[t] = r
                 dones[t] = torch.as_tensor(res.done, dtype=torch.float32)
@@ -167,48 +150,10 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
                 mask = mask & alive & keep[None, :]
                 adv, ret = g_adv[None, :].expand(T, n_env).clone(), torch.zeros(T, n_env)
             # ---- 3. update ----------------------------------------------------------------------------------
-            flat_obs = _cat_obs(buf_obs)
-            chain_f, ind_f = torch.cat(chains), torch.cat(inds)
-            logp_f, val_f = torch.cat(logps), values_t.reshape(-1)
-            adv_f, ret_f, mask_f = adv.reshape(-1), ret.reshape(-1), mask.reshape(-1)
-            sel_all = torch.nonzero(mask_f).squeeze(1)
-            if ac.name == "ppo" and len(sel_all):
-                adv_f = algos.normalize(adv_f, mask_f)
-            warmup = ac.name == "ppo" and it <= ac.critic_warmup_iters
-            model.train()
-            stats = {"pg_loss": [], "v_loss": [], "kl": [], "clipfrac": [], "entropy": []}
-            perm_gen = torch.Generator().manual_seed(tc.seed * 31 + it)
-            stop = False
-            for _epoch in range(ac.update_epochs):
-                if stop or not len(sel_all):
-                    break
-                perm = sel_all[torch.randperm(len(sel_all), generator=perm_gen)]
-                for mb in perm.split(ac.minibatch_size):
-                    mo = _index_obs(flat_obs, mb)
-                    mo = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in mo.items()}
-                    new_logp, ent, new_v = replay(model, mo, chain_f[mb].to(dev), ind_f[mb].to(dev), sc)
-                    pg, st = algos.ppo_actor_loss(new_logp, logp_f[mb].to(dev), adv_f[mb].to(dev), clip=ac.clip)
-                    loss = torch.zeros((), device=dev)
-                    if not warmup:
-                        loss = loss + pg - ac.entropy_bonus * ent.mean()
-                    if ac.name == "ppo":
-                        vl = algos.value_loss(new_v, val_f[mb].to(dev), ret_f[mb].to(dev), clip=ac.value_clip,
-                                              huber_delta=ac.huber_delta)
-                        loss = loss + ac.value_coef * vl
-                        stats["v_loss"].append(vl.item())
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if warmup:  # critic warm-up: only the value head moves
-                        for p in policy_params:
-                            p.grad = None
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), ac.max_grad_norm)
-                    opt.step()
-                    stats["pg_loss"].append(pg.item())
-                    stats["kl"].append(st.approx_kl)
-                    stats["clipfrac"].append(st.clip_fraction)
-                    stats["entropy"].append(ent.mean().item())
-                if ac.target_kl is not None and np.mean(stats["kl"] or [0.0]) > ac.target_kl:
-                    stop = True
+            batch = {"obs": cat_obs(buf_obs), "chain": torch.cat(chains), "denoise_ind": torch.cat(inds),
+                     "logp": torch.cat(logps), "value": values_t.reshape(-1), "adv": adv.reshape(-1),
+                     "ret": ret.reshape(-1), "mask": mask.reshape(-1)}
+            st = ppo_update(model, opt, batch, cfg, iteration=it, device=dev)
             # ---- 4. metrics, eval, checkpoint ---------------------------------------------------------------
             wall = time.time() - t_iter
             total_env_steps += env_steps
@@ -217,12 +162,9 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
                    "return": float(np.mean([e["return"] for e in episodes])) if episodes else None,
                    "episodes": len(episodes), "env_steps": env_steps,
                    "env_steps_per_s": env_steps / wall, "policy_steps_per_s": T * n_env / max(t_policy, 1e-9),
-                   "kl": float(np.mean(stats["kl"])) if stats["kl"] else 0.0,
-                   "clip_fraction": float(np.mean(stats["clipfrac"])) if stats["clipfrac"] else 0.0,
-                   "pg_loss": float(np.mean(stats["pg_loss"])) if stats["pg_loss"] else 0.0,
-                   "v_loss": float(np.mean(stats["v_loss"])) if stats["v_loss"] else 0.0,
-                   "entropy": float(np.mean(stats["entropy"])) if stats["entropy"] else 0.0,
-                   "samples": int(len(sel_all)), "warmup": warmup, "iter_s": wall,
+                   "kl": st["kl"], "clip_fraction": st["clip_fraction"], "pg_loss": st["pg_loss"],
+                   "v_loss": st["v_loss"], "entropy": st["entropy"], "samples": st["samples"],
+                   "warmup": st["warmup"], "iter_s": wall,
                    "restarts": env.restarts}
             sr = "-" if rec["success_rate"] is None else f"{rec['success_rate']:.3f}"
             rt = "-" if rec["return"] is None else f"{rec['return']:.3f}"

@@ -39,11 +39,12 @@ from hetero.config import ConfigError
 from hetero.rl import algos
 from hetero.rl.channel import Channels
 from hetero.rl.config import RLConfig
-from hetero.rl.envs.base import ChunkVecEnv
+from hetero.rl.envs.base import ChunkVecEnv, EnvSlice
+from hetero.rl.envs.libero import LiberoConfig, LiberoSlice
 from hetero.rl.envs.metaworld import MetaWorldConfig, MetaWorldSlice
 from hetero.rl.offload import HostStore
-from hetero.rl.policy import load_checkpoint, obs_to_torch, replay, sample, save_checkpoint
-from hetero.rl.trainer import _cat_obs, _index_obs
+from hetero.rl.policy import load_checkpoint, obs_to_torch, sample, save_checkpoint
+from hetero.rl.update import cat_obs, index_obs, make_optimizer, ppo_update
 from hetero.rl.weightsync import WeightSync, flatten, unflatten_into
 
 TAG_OBS, TAG_ACT, TAG_TRAJ = 1, 2, 3
@@ -54,137 +55,21 @@ class SliceFactory:
     """Meta-World env slots ``offset + i`` of a micro-batch (same tasks, variations and seeds as slot ``offset + i``
     of the trainer's single vector env)."""
 
-    cfg: MetaWorldConfig
+    cfg: MetaWorldConfig | LiberoConfig
     """The run's env config."""
     offset: int
     """Global index of the micro-batch's first slot."""
 
-    def __call__(self, worker_index: int, env_indices: list[int], seed: int) -> MetaWorldSlice:
-        return MetaWorldSlice(self.cfg, [self.offset + i for i in env_indices], seed)
+    def __call__(self, worker_index: int, env_indices: list[int], seed: int) -> EnvSlice:
+        cls = LiberoSlice if isinstance(self.cfg, LiberoConfig) else MetaWorldSlice
+        return cls(self.cfg, [self.offset + i for i in env_indices], seed)
 
 
-def make_microbatch_env(cfg: MetaWorldConfig, slots: range) -> ChunkVecEnv:
+def make_microbatch_env(cfg: MetaWorldConfig | LiberoConfig, slots: range) -> ChunkVecEnv:
     """A vector env over the global env ``slots`` of one micro-batch."""
     cfg.task_list()
     return ChunkVecEnv(SliceFactory(cfg, slots.start), num_envs=len(slots),
                        num_workers=min(cfg.num_workers, len(slots)))
-
-
-def make_optimizer(model: torch.nn.Module, cfg: RLConfig) -> tuple[torch.optim.Optimizer, list, list]:
-    """AdamW with the policy and value-head groups of the trainer: (optimizer, policy params, value params)."""
-    ac = cfg.algo
-    value_params = [p for n, p in model.named_parameters() if n.startswith("value_head")]
-    policy_params = [p for n, p in model.named_parameters() if not n.startswith("value_head") and p.requires_grad]
-    opt = torch.optim.AdamW([{"params": policy_params, "lr": ac.lr}, {"params": value_params, "lr": ac.value_lr}],
-                            betas=(0.9, 0.95), eps=1e-8, weight_decay=ac.weight_decay)
-    return opt, policy_params, value_params
-
-
-def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device: str = "cpu",
-               shard: tuple[int, int, dist.ProcessGroup | None] | None = None) -> dict:
-    """PPO epochs over a flat batch of N samples (the trainer's update step): ``batch`` holds ``obs`` (state
-    ``[N, S]``, instruction list, images), ``chain [N, K+1, H, A]``, ``denoise_ind [N]``, ``logp [N]``, ``value [N]``,
-    ``adv [N]``, ``ret [N]`` and optionally ``mask [N]`` (bool). ``shard = (index, count, group)`` splits every
-    minibatch over ``count`` actor ranks and all-reduces the gradients weighted by shard size (None: one rank).
-    Returns mean pg_loss, v_loss, kl, clip_fraction, entropy and the sample count."""
-    ac, sc, tc = cfg.algo, cfg.sampler, cfg.train
-    n = batch["logp"].shape[0]
-    mask_f = batch.get("mask", torch.ones(n, dtype=torch.bool))
-    adv_f, ret_f, logp_f, val_f = batch["adv"], batch["ret"], batch["logp"], batch["value"]
-    chain_f, ind_f, flat_obs = batch["chain"], batch["denoise_ind"], batch["obs"]
-    sel_all = torch.nonzero(mask_f).squeeze(1)
-    if ac.name == "ppo" and len(sel_all):
-        adv_f = algos.normalize(adv_f, mask_f)
-    warmup = ac.name == "ppo" and iteration <= ac.critic_warmup_iters
-    _, policy_params, _ = _param_groups(opt)
-    policy_ids = {id(p) for p in policy_params}
-    params = [p for g in opt.param_groups for p in g["params"]]
-    model.train()
-    stats = {"pg_loss": [], "v_loss": [], "kl": [], "clipfrac": [], "entropy": []}
-    perm_gen = torch.Generator().manual_seed(tc.seed * 31 + iteration)
-    stop = False
-    for _epoch in range(ac.update_epochs):
-        if stop or not len(sel_all):
-            break
-        perm = sel_all[torch.randperm(len(sel_all), generator=perm_gen)]
-        for mb_full in perm.split(ac.minibatch_size):
-            mb, w = mb_full, 1.0
-            if shard is not None:
-                mb = mb_full.tensor_split(shard[1])[shard[0]]
-                w = len(mb) / len(mb_full)
-            opt.zero_grad(set_to_none=True)
-            vals = [0.0, 0.0, 0.0, 0.0, 0.0]
-            if len(mb):
-                mo = _index_obs(flat_obs, mb)
-                mo = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in mo.items()}
-                new_logp, ent, new_v = replay(model, mo, chain_f[mb].to(device), ind_f[mb].to(device), sc)
-                pg, st = algos.ppo_actor_loss(new_logp, logp_f[mb].to(device), adv_f[mb].to(device), clip=ac.clip)
-                loss = torch.zeros((), device=device)
-                if not warmup:
-                    loss = loss + pg - ac.entropy_bonus * ent.mean()
-                vl = None
-                if ac.name == "ppo":
-                    vl = algos.value_loss(new_v, val_f[mb].to(device), ret_f[mb].to(device), clip=ac.value_clip,
-                                          huber_delta=ac.huber_delta)
-                    loss = loss + ac.value_coef * vl
-                if w != 1.0:
-                    loss = loss * w
-                loss.backward()
-                vals = [pg.item(), vl.item() if vl is not None else 0.0, st.approx_kl, st.clip_fraction,
-                        ent.mean().item()]
-            if warmup:  # critic warm-up: only the value head moves
-                for p in params:
-                    if id(p) in policy_ids:
-                        p.grad = None
-            if shard is not None and shard[1] > 1:
-                vals = _allreduce_grads(params, vals, w, shard[2], device)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), ac.max_grad_norm)
-            opt.step()
-            stats["pg_loss"].append(vals[0])
-            if ac.name == "ppo":
-                stats["v_loss"].append(vals[1])
-            stats["kl"].append(vals[2])
-            stats["clipfrac"].append(vals[3])
-            stats["entropy"].append(vals[4])
-        if ac.target_kl is not None and np.mean(stats["kl"] or [0.0]) > ac.target_kl:
-            stop = True
-
-    def mean(k):
-        return float(np.mean(stats[k])) if stats[k] else 0.0
-
-    return {"pg_loss": mean("pg_loss"), "v_loss": mean("v_loss"), "kl": mean("kl"),
-            "clip_fraction": mean("clipfrac"), "entropy": mean("entropy"), "samples": int(len(sel_all)),
-            "warmup": warmup}
-
-
-def _param_groups(opt):
-    groups = opt.param_groups
-    return None, list(groups[0]["params"]), list(groups[1]["params"]) if len(groups) > 1 else []
-
-
-def _allreduce_grads(params, vals, w, group, device) -> list[float]:
-    """Sum the (already shard-weighted) gradients and stats over the actor ranks in one flat all-reduce; a
-    gradient that no rank produced stays None (so AdamW skips that parameter, as in one process)."""
-    flat = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=device) for p in params]
-    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
-    st = torch.tensor([v * w for v in vals], dtype=torch.float64, device=device)
-    buf = torch.cat(flat + [has])
-    dist.all_reduce(buf, group=group)
-    dist.all_reduce(st, group=group)
-    off = 0
-    hasv = buf[-len(params):]
-    for i, p in enumerate(params):
-        n = p.numel()
-        p.grad = buf[off:off + n].view_as(p).clone() if hasv[i] > 0 else None
-        off += n
-    return st.tolist()
-
-
-def _to_torch_obs(obs: dict) -> dict:
-    out = {"state": torch.as_tensor(obs["state"]), "instruction": list(obs["instruction"])}
-    if "images" in obs:
-        out["images"] = torch.as_tensor(obs["images"])
-    return out
 
 
 class RankRunner:
@@ -251,13 +136,13 @@ class RankRunner:
         if j not in self.envs:
             self.envs[j] = make_microbatch_env(self.cfg.env, self.roles.slots(j))
             self.obs[j] = self.envs[j].reset(seed=tc.seed * 7919)
-        self._ch("obs", j).send(j, {"obs": _to_torch_obs(self.obs[j])})
+        self._ch("obs", j).send(j, {"obs": obs_to_torch(self.obs[j])})
 
     def _env_step(self, j: int) -> None:
         a = self._ch("act", j).recv(j)["actions"]
         res = self.envs[j].chunk_step(np.clip(a.numpy(), -1.0, 1.0))
         self.obs[j] = res.obs
-        self._ch("obs", j).send(j, {"obs": _to_torch_obs(res.obs), "final_obs": _to_torch_obs(res.final_obs),
+        self._ch("obs", j).send(j, {"obs": obs_to_torch(res.obs), "final_obs": obs_to_torch(res.final_obs),
                                     "reward": torch.as_tensor(res.reward), "done": torch.as_tensor(res.done),
                                     "truncated": torch.as_tensor(res.truncated),
                                     "discarded": torch.as_tensor(res.discarded), "episodes": res.episodes,
@@ -275,7 +160,7 @@ class RankRunner:
                 idx = torch.nonzero(tr).squeeze(1)
                 with torch.no_grad():
                     fo = obs_to_torch(msg["final_obs"], self.device)
-                    fv = m.value(m.encode(_index_obs(fo, idx))).cpu()
+                    fv = m.value(m.encode(index_obs(fo, idx))).cpu()
                 r[idx] += ac.gamma * fv
             buf["rewards"].append(r)
             buf["dones"].append(msg["done"].float())
@@ -353,7 +238,7 @@ class RankRunner:
                 mask[j, i] = False
                 j -= 1
         adv, ret = algos.gae(rewards, values_t, dones, b["next_v"], gamma=ac.gamma, lam=ac.lam)
-        flat = {"obs": _cat_obs(b["buf_obs"]), "chain": torch.cat(list(b["chain"])),
+        flat = {"obs": cat_obs(b["buf_obs"]), "chain": torch.cat(list(b["chain"])),
                 "denoise_ind": torch.cat(list(b["ind"])), "logp": torch.cat(list(b["logp"])),
                 "value": values_t.reshape(-1), "adv": adv.reshape(-1), "ret": ret.reshape(-1),
                 "mask": mask.reshape(-1)}

@@ -90,8 +90,10 @@ class MetaWorldConfig:
     max_episode_steps: int = 150
     """Time limit per episode (Meta-World's own limit is 500)."""
     reward: Literal["sparse", "dense"] = "sparse"
-    """sparse: 1 at success; dense: Meta-World reward / 10 per step plus, at success, 1 per step left (the most
-    the rest of the episode could pay, so success always beats lingering). Episodes end on success either way."""
+    """sparse: 1 at success; dense: Meta-World's shaped reward (<= 10 a step) / (10 x max_episode_steps) per step
+    plus, at success, the share of the episode left (the most the rest could pay, so success always beats
+    lingering): returns stay within [0, 1] like the sparse ones, the scale PPO's value clip of 0.2 is made for.
+    Episodes end on success either way."""
     variation_seed: int = 0
     """Seed of the 50 object/goal variations per task (use another one for held-out evaluation)."""
     num_cameras: int = 0
@@ -182,9 +184,10 @@ class MetaWorldSlice(EnvSlice):
         success = bool(info["success"] > 0)
         if self.cfg.reward == "sparse":
             reward = float(success)
-        else:  # shaped reward (<= 1 per step); success pays what a perfect rest of the episode would have, so
-            # ending the episode by succeeding never earns less than lingering near the goal
-            reward = float(r) / 10.0 + (float(self.cfg.max_episode_steps - self.steps[j]) if success else 0.0)
+        else:  # shaped reward, an episode's worth <= 1; success pays what a perfect rest of the episode would
+            # have, so ending the episode by succeeding never earns less than lingering near the goal
+            t_max = self.cfg.max_episode_steps
+            reward = (float(r) / 10.0 + (float(t_max - self.steps[j]) if success else 0.0)) / t_max
         truncated = self.steps[j] >= self.cfg.max_episode_steps
         return self._obs(j, state), reward, success, truncated and not success, success
 
