@@ -115,8 +115,9 @@ class AlgoConfig:
     """GRPO: drop groups whose mean score is above this (scores are success counts with sparse reward)."""
     target_kl: float | None = None
     """Stop the update epochs early when the approximate KL exceeds this (null: never)."""
-    train_expert_only: bool = False
-    """Freeze the prefix encoder (state/text/image encoders, backbone); RL moves the action expert and heads."""
+    train_expert_only: bool = True
+    """Freeze the prefix encoder (state/text/image encoders, backbone); RL moves the action expert and heads
+    (piRL's default: keeps the shared representation of all tasks from drifting under noisy updates)."""
 
     def __post_init__(self):
         check(self.rollout_chunks >= 1, "rollout_chunks", "must be >= 1")
