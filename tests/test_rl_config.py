@@ -6,7 +6,7 @@ from hetero.config import ConfigError, build
 from hetero.rl.config import RLConfig, load_config
 
 CONFIGS = ["metaworld_mt10_flow_sde", "metaworld_mt10_flow_noise", "metaworld_mt10_grpo",
-           "metaworld_mt1_button_flow_sde", "libero_spatial_flow_sde"]
+           "metaworld_mt1_button_flow_sde", "libero_spatial_flow_sde", "maniskill_pickcube_flow_noise"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)

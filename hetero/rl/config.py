@@ -4,7 +4,7 @@
     cfg = load_config("examples/rl/metaworld_mt10_flow_sde.yaml")   # ConfigError with the key path on bad input
 
 ``benchmark`` picks the env family and so the type of the ``env`` section: ``metaworld`` (:class:`MetaWorldConfig`,
-the default) or ``libero`` (:class:`LiberoConfig`). Sections: ``env``, ``policy`` (:class:`PolicyConfig`), ``sampler``
+the default), ``libero`` (:class:`LiberoConfig`) or ``maniskill`` (:class:`ManiSkillConfig`). Sections: ``env``, ``policy`` (:class:`PolicyConfig`), ``sampler``
 (:class:`SamplerConfig`), ``sft`` (:class:`SFTConfig`), ``algo`` (:class:`AlgoConfig`), ``train``
 (:class:`TrainConfig`).
 """
@@ -18,6 +18,7 @@ from typing import Any, Literal
 from hetero.config import ConfigError, build, check, load_yaml
 from hetero.models.vla import VLAConfig
 from hetero.rl.envs.libero import LiberoConfig
+from hetero.rl.envs.maniskill import ManiSkillConfig
 from hetero.rl.envs.metaworld import MetaWorldConfig
 from hetero.rl.policy import SamplerConfig
 
@@ -170,11 +171,12 @@ class TrainConfig:
 class RLConfig:
     """A whole run: env, policy, sampler, SFT, algorithm, training loop."""
 
-    benchmark: Literal["metaworld", "libero"] = "metaworld"
-    """Benchmark family of ``env``: metaworld or libero."""
+    benchmark: Literal["metaworld", "libero", "maniskill"] = "metaworld"
+    """Benchmark family of ``env``: metaworld, libero or maniskill."""
     env: Any = None
-    """Vectorised training environment: a :class:`MetaWorldConfig` (benchmark metaworld) or :class:`LiberoConfig`
-    (benchmark libero) mapping; null or absent: the benchmark's defaults."""
+    """Vectorised training environment: a :class:`MetaWorldConfig` (benchmark metaworld), :class:`LiberoConfig`
+    (benchmark libero) or :class:`ManiSkillConfig` (benchmark maniskill) mapping; null or absent: the benchmark's
+    defaults."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     """Model."""
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -203,7 +205,7 @@ class RLConfig:
                   f"must equal algo.group_size={self.algo.group_size} for GRPO")
 
 
-ENV_CONFIGS: dict[str, type] = {"metaworld": MetaWorldConfig, "libero": LiberoConfig}
+ENV_CONFIGS: dict[str, type] = {"metaworld": MetaWorldConfig, "libero": LiberoConfig, "maniskill": ManiSkillConfig}
 """Env config class of each ``RLConfig.benchmark``."""
 
 

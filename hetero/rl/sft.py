@@ -6,6 +6,9 @@ The demos (``sft.demos_per_task`` successful expert episodes per task, on the tr
 every chunk of H consecutive actions (the last action repeated past the episode end), states are normalised with
 the demo statistics stored in the model, and the policy is trained by flow matching.
 
+ManiSkill (``benchmark: maniskill``) demos come from its motion planner, converted to the policy's normalized
+joint-delta actions (:func:`hetero.rl.envs.maniskill.collect_demos`).
+
 LIBERO has no demonstrations offline (they live on the HuggingFace Hub): for ``benchmark: libero`` this command
 writes an untrained policy (``"kind": "scratch"``, state normalisation from random-action rollouts) that RL then
 starts from.
@@ -107,7 +110,10 @@ def run_sft(cfg: RLConfig, *, progress: bool = True) -> tuple[VLAPolicy, dict]:
     if cfg.benchmark == "libero":
         return scratch_model(cfg)
     torch.manual_seed(cfg.sft.seed)
-    demos = collect_demos(cfg.env, per_task=cfg.sft.demos_per_task, seed=cfg.sft.seed)
+    collect = collect_demos
+    if cfg.benchmark == "maniskill":
+        from hetero.rl.envs.maniskill import collect_demos as collect
+    demos = collect(cfg.env, per_task=cfg.sft.demos_per_task, seed=cfg.sft.seed)
     t_demo = time.time() - t0
     data = make_dataset(demos, cfg.policy.horizon)
     model = build_model(cfg, state_dim=data["state"].shape[1], action_dim=data["actions"].shape[2])

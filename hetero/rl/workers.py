@@ -41,6 +41,7 @@ from hetero.rl.channel import Channels
 from hetero.rl.config import RLConfig
 from hetero.rl.envs.base import ChunkVecEnv, EnvSlice
 from hetero.rl.envs.libero import LiberoConfig, LiberoSlice
+from hetero.rl.envs.maniskill import ManiSkillConfig, ManiSkillSlice
 from hetero.rl.envs.metaworld import MetaWorldConfig, MetaWorldSlice
 from hetero.rl.offload import HostStore
 from hetero.rl.policy import load_checkpoint, obs_to_torch, sample, save_checkpoint
@@ -52,20 +53,20 @@ TAG_OBS, TAG_ACT, TAG_TRAJ = 1, 2, 3
 
 @dataclass(frozen=True)
 class SliceFactory:
-    """Meta-World env slots ``offset + i`` of a micro-batch (same tasks, variations and seeds as slot ``offset + i``
-    of the trainer's single vector env)."""
+    """Env slots ``offset + i`` of a micro-batch (same tasks, variations and seeds as slot ``offset + i`` of the
+    trainer's single vector env); the benchmark follows the config's type."""
 
-    cfg: MetaWorldConfig | LiberoConfig
+    cfg: MetaWorldConfig | LiberoConfig | ManiSkillConfig
     """The run's env config."""
     offset: int
     """Global index of the micro-batch's first slot."""
 
     def __call__(self, worker_index: int, env_indices: list[int], seed: int) -> EnvSlice:
-        cls = LiberoSlice if isinstance(self.cfg, LiberoConfig) else MetaWorldSlice
+        cls = {LiberoConfig: LiberoSlice, ManiSkillConfig: ManiSkillSlice}.get(type(self.cfg), MetaWorldSlice)
         return cls(self.cfg, [self.offset + i for i in env_indices], seed)
 
 
-def make_microbatch_env(cfg: MetaWorldConfig | LiberoConfig, slots: range) -> ChunkVecEnv:
+def make_microbatch_env(cfg: MetaWorldConfig | LiberoConfig | ManiSkillConfig, slots: range) -> ChunkVecEnv:
     """A vector env over the global env ``slots`` of one micro-batch."""
     cfg.task_list()
     return ChunkVecEnv(SliceFactory(cfg, slots.start), num_envs=len(slots),
