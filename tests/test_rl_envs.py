@@ -77,11 +77,14 @@ def test_dense_reward_pays_the_rest_of_the_episode_at_success():
     sl = MetaWorldSlice(cfg, [0], 0)
     expert = ENV_POLICY_MAP["drawer-close-v3"]()
     o = sl.reset_one(0)
+    total = 0.0
     for _ in range(150):
         o, r, term, trunc, success = sl.step_one(0, expert.get_action(o["state"].astype(np.float64)))
+        total += r
         if term:
             break
-        assert 0.0 <= r <= 1.0  # shaped reward / 10
+        assert 0.0 <= r <= 1.0 / 150 + 1e-9  # shaped reward / (10 x max_episode_steps)
     assert success and term and not trunc
-    assert r >= 150 - sl.steps[0]  # the bonus: one per step left
+    bonus = (150 - sl.steps[0]) / 150  # the share of the episode left
+    assert bonus <= r <= bonus + 1.0 / 150 + 1e-9 and 0.0 < total <= 1.0 + 1e-9
     sl.close()

@@ -116,6 +116,11 @@ class AlgoConfig:
     """GRPO: drop groups whose mean score is above this (scores are success counts with sparse reward)."""
     target_kl: float | None = None
     """Stop the update epochs early when the approximate KL exceeds this (null: never)."""
+    bootstrap_truncated: bool = False
+    """PPO: add gamma * V(final obs) to the reward where an episode hits the time limit (RLinf's "standard"
+    bootstrap). Off by default: the time limit is part of these tasks and the policy cannot see the time, so a
+    bootstrap pays a hovering policy at the limit about what succeeding pays, and a success bonus that shrinks with
+    time makes failing by the limit pay more than succeeding late."""
     train_expert_only: bool = True
     """Freeze the prefix encoder (state/text/image encoders, backbone); RL moves the action expert and heads
     (piRL's default: keeps the shared representation of all tasks from drifting under noisy updates)."""

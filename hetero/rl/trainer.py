@@ -4,8 +4,8 @@
 
 One iteration: (1) roll out ``algo.rollout_chunks`` chunk-steps in every env with the stochastic sampler, storing
 observations, denoising chains, behaviour log-probs and values; (2) advantages: GAE over chunk-steps with chunk
-rewards summed and truncations bootstrapped with V(final obs) (PPO), or group-relative episode scores with the
-reward filter (GRPO); (3) ``algo.update_epochs`` passes of shuffled minibatches: the chain log-prob is replayed
+rewards summed, time-limit ends bootstrapped with V(final obs) only with ``algo.bootstrap_truncated`` (PPO), or
+group-relative episode scores with the reward filter (GRPO); (3) ``algo.update_epochs`` passes of shuffled minibatches: the chain log-prob is replayed
 under the current weights, clipped PPO surrogate + clipped Huber value loss (+ entropy bonus for Flow-Noise), AdamW
 with a separate value-head learning rate, gradient clipping, the prefix encoder frozen by default
 (:mod:`hetero.rl.update`, shared with the RL system's actor ranks). One metrics line per iteration (also to
@@ -116,7 +116,7 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
                 res = env.chunk_step(np.clip(s.actions.cpu().numpy(), -1.0, 1.0))
                 env_steps += res.env_steps
                 r = torch.as_tensor(res.reward)
-                if ac.name == "ppo" and res.truncated.any():  # bootstrap time-limit ends with V(final obs)
+                if ac.name == "ppo" and ac.bootstrap_truncated and res.truncated.any():  # r += gamma V(final obs)
                     idx = torch.as_tensor(np.nonzero(res.truncated)[0])
                     with torch.no_grad():
                         fv = model.value(model.encode(index_obs(obs_to_torch(res.final_obs, dev), idx))).cpu()

@@ -5,8 +5,8 @@ on the roles the plan gives it. One iteration, in program order (deadlock-free f
 
 1. env ranks send the current observation of each of their micro-batches (slots ``roles.slots(j)``);
 2. for each chunk step t and micro-batch j: the rollout rank of j receives the observation (and the previous step's
-   rewards / dones / episodes), samples with the policy (:func:`hetero.rl.policy.sample`), bootstraps truncated
-   episodes with V(final obs) and sends the actions; the env rank of j steps its envs by the chunk and sends the
+   rewards / dones / episodes), samples with the policy (:func:`hetero.rl.policy.sample`), bootstraps time-limit
+   ends with V(final obs) if ``algo.bootstrap_truncated`` and sends the actions; the env rank of j steps its envs by the chunk and sends the
    result back. Env and rollout on different ranks overlap across micro-batches: the elastic pipeline;
 3. the rollout rank computes V(last obs) and ships the micro-batch's trajectory, tagged with the weights' version,
    to every actor rank;
@@ -157,7 +157,7 @@ class RankRunner:
             ac, m = self.cfg.algo, self.rollout_model
             r = msg["reward"].clone()
             tr = msg["truncated"]
-            if tr.any():  # bootstrap time-limit ends with V(final obs)
+            if ac.bootstrap_truncated and tr.any():  # r += gamma V(final obs) at time-limit ends
                 idx = torch.nonzero(tr).squeeze(1)
                 with torch.no_grad():
                     fo = obs_to_torch(msg["final_obs"], self.device)
