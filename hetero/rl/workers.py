@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +38,11 @@ from hetero.config import ConfigError
 from hetero.rl import algos
 from hetero.rl.channel import Channels
 from hetero.rl.config import RLConfig
-from hetero.rl.envs.base import ChunkVecEnv, EnvSlice
-from hetero.rl.envs.libero import LiberoConfig, LiberoSlice
-from hetero.rl.envs.maniskill import ManiSkillConfig, ManiSkillSlice
-from hetero.rl.envs.metaworld import MetaWorldConfig, MetaWorldSlice
+from hetero.rl.envs import slice_class
+from hetero.rl.envs.base import ChunkVecEnv, SliceFactory
+from hetero.rl.envs.libero import LiberoConfig
+from hetero.rl.envs.maniskill import ManiSkillConfig
+from hetero.rl.envs.metaworld import MetaWorldConfig
 from hetero.rl.offload import HostStore
 from hetero.rl.policy import load_checkpoint, obs_to_torch, sample, save_checkpoint
 from hetero.rl.update import cat_obs, index_obs, make_optimizer, ppo_update
@@ -51,25 +51,10 @@ from hetero.rl.weightsync import WeightSync, flatten, unflatten_into
 TAG_OBS, TAG_ACT, TAG_TRAJ = 1, 2, 3
 
 
-@dataclass(frozen=True)
-class SliceFactory:
-    """Env slots ``offset + i`` of a micro-batch (same tasks, variations and seeds as slot ``offset + i`` of the
-    trainer's single vector env); the benchmark follows the config's type."""
-
-    cfg: MetaWorldConfig | LiberoConfig | ManiSkillConfig
-    """The run's env config."""
-    offset: int
-    """Global index of the micro-batch's first slot."""
-
-    def __call__(self, worker_index: int, env_indices: list[int], seed: int) -> EnvSlice:
-        cls = {LiberoConfig: LiberoSlice, ManiSkillConfig: ManiSkillSlice}.get(type(self.cfg), MetaWorldSlice)
-        return cls(self.cfg, [self.offset + i for i in env_indices], seed)
-
-
 def make_microbatch_env(cfg: MetaWorldConfig | LiberoConfig | ManiSkillConfig, slots: range) -> ChunkVecEnv:
     """A vector env over the global env ``slots`` of one micro-batch."""
     cfg.task_list()
-    return ChunkVecEnv(SliceFactory(cfg, slots.start), num_envs=len(slots),
+    return ChunkVecEnv(SliceFactory(slice_class(cfg), cfg, slots.start), num_envs=len(slots),
                        num_workers=min(cfg.num_workers, len(slots)))
 
 

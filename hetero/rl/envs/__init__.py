@@ -8,15 +8,24 @@
 from __future__ import annotations
 
 
-def make_vec_env(cfg, *, start_method: str = "forkserver"):
-    """The :class:`~hetero.rl.envs.base.ChunkVecEnv` of whichever benchmark ``cfg`` configures."""
+def _benchmark(cfg):
+    """(module, EnvSlice subclass) of the benchmark whose config ``cfg`` is."""
     from hetero.rl.envs import libero, maniskill, metaworld
 
-    if isinstance(cfg, libero.LiberoConfig):
-        return libero.make_vec_env(cfg, start_method=start_method)
-    if isinstance(cfg, maniskill.ManiSkillConfig):
-        return maniskill.make_vec_env(cfg, start_method=start_method)
-    if isinstance(cfg, metaworld.MetaWorldConfig):
-        return metaworld.make_vec_env(cfg, start_method=start_method)
-    raise TypeError(f"no environment for a {type(cfg).__name__}: expected MetaWorldConfig, LiberoConfig or "
-                    f"ManiSkillConfig")
+    table = {libero.LiberoConfig: (libero, libero.LiberoSlice),
+             maniskill.ManiSkillConfig: (maniskill, maniskill.ManiSkillSlice),
+             metaworld.MetaWorldConfig: (metaworld, metaworld.MetaWorldSlice)}
+    if type(cfg) not in table:
+        raise TypeError(f"no environment for a {type(cfg).__name__}: expected MetaWorldConfig, LiberoConfig or "
+                        f"ManiSkillConfig")
+    return table[type(cfg)]
+
+
+def make_vec_env(cfg, *, start_method: str = "forkserver"):
+    """The :class:`~hetero.rl.envs.base.ChunkVecEnv` of whichever benchmark ``cfg`` configures."""
+    return _benchmark(cfg)[0].make_vec_env(cfg, start_method=start_method)
+
+
+def slice_class(cfg) -> type:
+    """The :class:`~hetero.rl.envs.base.EnvSlice` subclass of the benchmark ``cfg`` configures."""
+    return _benchmark(cfg)[1]

@@ -19,6 +19,7 @@ import multiprocessing as mp
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,30 @@ class EnvSlice:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Release simulator resources."""
+        """Release simulator resources: closes every env in ``self.envs`` (a failing close is ignored)."""
+        for e in getattr(self, "envs", []):
+            try:
+                e.close()
+            except Exception:
+                pass
+        self.envs = []
+
+
+@dataclass(frozen=True)
+class SliceFactory:
+    """The picklable ``make(worker_index, env_indices, seed)`` a :class:`ChunkVecEnv` calls in each worker:
+    ``slice_cls(cfg, [offset + i for i in env_indices], seed)``. ``offset`` shifts the slots, so a micro-batch of a
+    larger vector env keeps the tasks, variations and seeds of its global slots."""
+
+    slice_cls: type
+    """The benchmark's :class:`EnvSlice` subclass."""
+    cfg: Any
+    """Its env config."""
+    offset: int = 0
+    """Global index of slot 0."""
+
+    def __call__(self, worker_index: int, env_indices: list[int], seed: int) -> EnvSlice:
+        return self.slice_cls(self.cfg, [self.offset + i for i in env_indices], seed)
 
 
 @dataclass

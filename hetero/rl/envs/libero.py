@@ -48,7 +48,7 @@ from typing import Literal
 import numpy as np
 
 from hetero.config import ConfigError, check
-from hetero.rl.envs.base import ChunkVecEnv, EnvSlice
+from hetero.rl.envs.base import ChunkVecEnv, EnvSlice, SliceFactory
 
 MAX_EPISODE_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520,
                      "libero_90": 400}
@@ -296,28 +296,15 @@ class LiberoSlice(EnvSlice):
         truncated = self.steps[j] >= self.cfg.max_episode_steps
         return self._obs(raw), float(r), success, truncated and not success, success
 
-    def close(self) -> None:
-        for e in self.envs:
-            try:
-                e.close()
-            except Exception:
-                pass
-        self.envs = []
 
-
-@dataclass(frozen=True)
-class _Factory:
-    cfg: LiberoConfig
-
-    def __call__(self, worker_index: int, env_indices: list[int], seed: int) -> LiberoSlice:
-        return LiberoSlice(self.cfg, env_indices, seed)
 
 
 def make_vec_env(cfg: LiberoConfig, *, start_method: str = "forkserver") -> ChunkVecEnv:
     """A :class:`ChunkVecEnv` of LIBERO envs (call ``reset(seed)`` first); ImportError without the extra."""
     _require_libero()  # fail here, not as a worker traceback
     cfg.task_list()
-    return ChunkVecEnv(_Factory(cfg), num_envs=cfg.num_envs, num_workers=cfg.num_workers, start_method=start_method)
+    return ChunkVecEnv(SliceFactory(LiberoSlice, cfg), num_envs=cfg.num_envs, num_workers=cfg.num_workers,
+                       start_method=start_method)
 
 
 def state_stats(cfg: LiberoConfig, *, episodes: int = 2, steps: int = 40, seed: int = 0) -> tuple[np.ndarray,

@@ -45,7 +45,7 @@ from typing import Literal
 import numpy as np
 
 from hetero.config import ConfigError, check
-from hetero.rl.envs.base import ChunkVecEnv, EnvSlice
+from hetero.rl.envs.base import ChunkVecEnv, EnvSlice, SliceFactory
 
 STATE_DIM = {"PickCube-v1": 42, "PushCube-v1": 35, "StackCube-v1": 48}
 """Length of ManiSkill's state observation of each supported task."""
@@ -230,28 +230,15 @@ class ManiSkillSlice(EnvSlice):
         return (arm.action_space_low.cpu().numpy().astype(np.float64),
                 arm.action_space_high.cpu().numpy().astype(np.float64))
 
-    def close(self) -> None:
-        for e in self.envs:
-            try:
-                e.close()
-            except Exception:
-                pass
-        self.envs = []
 
-
-@dataclass(frozen=True)
-class _Factory:
-    cfg: ManiSkillConfig
-
-    def __call__(self, worker_index: int, env_indices: list[int], seed: int) -> ManiSkillSlice:
-        return ManiSkillSlice(self.cfg, env_indices, seed)
 
 
 def make_vec_env(cfg: ManiSkillConfig, *, start_method: str = "forkserver") -> ChunkVecEnv:
     """A :class:`ChunkVecEnv` of ManiSkill envs (call ``reset(seed)`` first); ImportError without the extra."""
     _require_maniskill()  # fail here, not as a worker traceback
     cfg.task_list()
-    return ChunkVecEnv(_Factory(cfg), num_envs=cfg.num_envs, num_workers=cfg.num_workers, start_method=start_method)
+    return ChunkVecEnv(SliceFactory(ManiSkillSlice, cfg), num_envs=cfg.num_envs, num_workers=cfg.num_workers,
+                       start_method=start_method)
 
 
 # ---- motion-planner demonstrations ------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 
 from hetero.config import ConfigError, check
-from hetero.rl.envs.base import ChunkVecEnv, EnvSlice
+from hetero.rl.envs.base import ChunkVecEnv, EnvSlice, SliceFactory
 
 MT10 = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
         "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"]
@@ -191,26 +191,14 @@ class MetaWorldSlice(EnvSlice):
         truncated = self.steps[j] >= self.cfg.max_episode_steps
         return self._obs(j, state), reward, success, truncated and not success, success
 
-    def close(self) -> None:
-        for e in self.envs:
-            try:
-                e.close()
-            except Exception:
-                pass
 
-
-@dataclass(frozen=True)
-class _Factory:
-    cfg: MetaWorldConfig
-
-    def __call__(self, worker_index: int, env_indices: list[int], seed: int) -> MetaWorldSlice:
-        return MetaWorldSlice(self.cfg, env_indices, seed)
 
 
 def make_vec_env(cfg: MetaWorldConfig, *, start_method: str = "forkserver") -> ChunkVecEnv:
     """A :class:`ChunkVecEnv` of Meta-World envs (call ``reset(seed)`` first)."""
     cfg.task_list()  # validate names before starting processes
-    return ChunkVecEnv(_Factory(cfg), num_envs=cfg.num_envs, num_workers=cfg.num_workers, start_method=start_method)
+    return ChunkVecEnv(SliceFactory(MetaWorldSlice, cfg), num_envs=cfg.num_envs, num_workers=cfg.num_workers,
+                       start_method=start_method)
 
 
 def collect_demos(cfg: MetaWorldConfig, *, per_task: int, seed: int = 0, max_tries: int = 5) -> list[dict]:
