@@ -210,6 +210,9 @@ class RLConfig:
                   f"must equal algo.group_size={self.algo.group_size} for GRPO")
 
 
+EnvConfig = MetaWorldConfig | LiberoConfig | ManiSkillConfig
+"""The env section of an RL config, whichever benchmark it names."""
+
 ENV_CONFIGS: dict[str, type] = {"metaworld": MetaWorldConfig, "libero": LiberoConfig, "maniskill": ManiSkillConfig}
 """Env config class of each ``RLConfig.benchmark``."""
 

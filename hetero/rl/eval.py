@@ -18,15 +18,14 @@ import numpy as np
 import torch
 
 from hetero.models.vla import VLAPolicy
+from hetero.rl.config import EnvConfig
 from hetero.rl.envs import make_vec_env
 from hetero.rl.envs.base import ChunkVecEnv
-from hetero.rl.envs.libero import LiberoConfig
-from hetero.rl.envs.metaworld import MetaWorldConfig
 from hetero.rl.policy import NoiseMethod, SamplerConfig, obs_to_torch, sample
 
 
-def eval_env_config(env_cfg: MetaWorldConfig | LiberoConfig, *, episodes: int, variation_seed: int,
-                    max_envs: int | None = None) -> MetaWorldConfig | LiberoConfig:
+def eval_env_config(env_cfg: EnvConfig, *, episodes: int, variation_seed: int,
+                    max_envs: int | None = None) -> EnvConfig:
     """The evaluation env: held-out variations (LIBERO: another start in the 50 initial states), no groups, slots
     per task = min(episodes, train slots per task)."""
     tasks = env_cfg.task_list()
@@ -73,8 +72,8 @@ def evaluate(model: VLAPolicy, env: ChunkVecEnv, sampler: SamplerConfig, *, epis
             "env_steps_per_s": steps / max(wall, 1e-9), "wall_s": wall}
 
 
-def evaluate_config(model: VLAPolicy, env_cfg: MetaWorldConfig | LiberoConfig, sampler: SamplerConfig, *, episodes: int,
-                    seed: int, variation_seed: int, device: str = "cpu") -> dict:
+def evaluate_config(model: VLAPolicy, env_cfg: EnvConfig, sampler: SamplerConfig, *, episodes: int, seed: int,
+                    variation_seed: int, device: str = "cpu") -> dict:
     """Build the held-out evaluation env, evaluate, close it."""
     env = make_vec_env(eval_env_config(env_cfg, episodes=episodes, variation_seed=variation_seed))
     try:

@@ -5,9 +5,10 @@
 One iteration: (1) roll out ``algo.rollout_chunks`` chunk-steps in every env with the stochastic sampler, storing
 observations, denoising chains, behaviour log-probs and values; (2) advantages: GAE over chunk-steps with chunk
 rewards summed, time-limit ends bootstrapped with V(final obs) only with ``algo.bootstrap_truncated`` (PPO), or
-group-relative episode scores with the reward filter (GRPO); (3) ``algo.update_epochs`` passes of shuffled minibatches: the chain log-prob is replayed
-under the current weights, clipped PPO surrogate + clipped Huber value loss (+ entropy bonus for Flow-Noise), AdamW
-with a separate value-head learning rate, gradient clipping, the prefix encoder frozen by default
+group-relative episode scores with the reward filter (GRPO); (3) ``algo.update_epochs`` passes of shuffled
+minibatches: the chain log-prob is replayed under the current weights, clipped PPO surrogate + clipped Huber value
+loss (+ entropy bonus for Flow-Noise), AdamW with a separate value-head learning rate, gradient clipping, the
+prefix encoder frozen by default
 (:mod:`hetero.rl.update`, shared with the RL system's actor ranks). One metrics line per iteration (also to
 ``out_dir/metrics.jsonl`` and TensorBoard), held-out deterministic evaluation every ``train.eval_every``
 iterations, and ``out_dir/checkpoint.pt`` every ``train.checkpoint_every`` iterations: rerunning the same command

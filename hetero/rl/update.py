@@ -69,8 +69,7 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
     if ac.name == "ppo" and len(sel_all):
         adv_f = algos.normalize(adv_f, mask_f)
     warmup = ac.name == "ppo" and iteration <= ac.critic_warmup_iters
-    _, policy_params, _ = _param_groups(opt)
-    policy_ids = {id(p) for p in policy_params}
+    policy_ids = {id(p) for p in opt.param_groups[0]["params"]}  # make_optimizer's policy group
     params = [p for g in opt.param_groups for p in g["params"]]
     model.train()
     stats = {"pg_loss": [], "v_loss": [], "kl": [], "clipfrac": [], "entropy": []}
@@ -128,11 +127,6 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
     return {"pg_loss": mean("pg_loss"), "v_loss": mean("v_loss"), "kl": mean("kl"),
             "clip_fraction": mean("clipfrac"), "entropy": mean("entropy"), "samples": int(len(sel_all)),
             "warmup": warmup}
-
-
-def _param_groups(opt):
-    groups = opt.param_groups
-    return None, list(groups[0]["params"]), list(groups[1]["params"]) if len(groups) > 1 else []
 
 
 def _allreduce_grads(params, vals, w, group, device) -> list[float]:

@@ -6,8 +6,8 @@ on the roles the plan gives it. One iteration, in program order (deadlock-free f
 1. env ranks send the current observation of each of their micro-batches (slots ``roles.slots(j)``);
 2. for each chunk step t and micro-batch j: the rollout rank of j receives the observation (and the previous step's
    rewards / dones / episodes), samples with the policy (:func:`hetero.rl.policy.sample`), bootstraps time-limit
-   ends with V(final obs) if ``algo.bootstrap_truncated`` and sends the actions; the env rank of j steps its envs by the chunk and sends the
-   result back. Env and rollout on different ranks overlap across micro-batches: the elastic pipeline;
+   ends with V(final obs) if ``algo.bootstrap_truncated`` and sends the actions; the env rank of j steps its envs
+   by the chunk and sends the result back. Env and rollout on different ranks overlap across micro-batches: the elastic pipeline;
 3. the rollout rank computes V(last obs) and ships the micro-batch's trajectory, tagged with the weights' version,
    to every actor rank;
 4. actor ranks assemble the ``[T, num_envs]`` batch, compute GAE advantages (:func:`hetero.rl.algos.gae`) and run
@@ -37,12 +37,9 @@ from hetero.autoparallel.roles import RolePlan
 from hetero.config import ConfigError
 from hetero.rl import algos
 from hetero.rl.channel import Channels
-from hetero.rl.config import RLConfig
+from hetero.rl.config import EnvConfig, RLConfig
 from hetero.rl.envs import slice_class
 from hetero.rl.envs.base import ChunkVecEnv, SliceFactory
-from hetero.rl.envs.libero import LiberoConfig
-from hetero.rl.envs.maniskill import ManiSkillConfig
-from hetero.rl.envs.metaworld import MetaWorldConfig
 from hetero.rl.offload import HostStore
 from hetero.rl.policy import load_checkpoint, obs_to_torch, sample, save_checkpoint
 from hetero.rl.update import cat_obs, index_obs, make_optimizer, ppo_update
@@ -51,7 +48,7 @@ from hetero.rl.weightsync import WeightSync, flatten, unflatten_into
 TAG_OBS, TAG_ACT, TAG_TRAJ = 1, 2, 3
 
 
-def make_microbatch_env(cfg: MetaWorldConfig | LiberoConfig | ManiSkillConfig, slots: range) -> ChunkVecEnv:
+def make_microbatch_env(cfg: EnvConfig, slots: range) -> ChunkVecEnv:
     """A vector env over the global env ``slots`` of one micro-batch."""
     cfg.task_list()
     return ChunkVecEnv(SliceFactory(slice_class(cfg), cfg, slots.start), num_envs=len(slots),
