@@ -110,3 +110,51 @@ def test_alternating_phase_spreads_lockstep_ranks():
                            "network": {"bandwidth_gbps": 10}})
     slowdowns = [Emulator.from_cluster(c, r).slowdown for r in range(4)]
     assert [Emulator.alternating_phase(slowdowns, r) for r in range(4)] == [0.0, 0.0, 1.0, 0.0]
+
+
+def test_padding_comes_from_the_fastest_block_so_contention_is_not_multiplied():
+    """A block slowed by contention (elapsed above the kind's best) is padded to slowdown x best, not slowdown x
+    elapsed; one slower than that is not padded at all; kinds keep separate bests."""
+    emu = Emulator(slowdown=2.0)
+    assert emu.pad(0.010, "fwd") == pytest.approx(0.020, abs=0.01)
+    t0 = time.perf_counter()
+    got = emu.pad(0.015, "fwd")  # contended run of the same block: padded to 2 x 0.010
+    assert got == pytest.approx(0.020, abs=0.01) and time.perf_counter() - t0 < 0.015
+    assert emu.pad(0.030, "fwd") == pytest.approx(0.030, abs=1e-9)  # later than its padded time: no sleep
+    assert emu.pad(0.005, "bwd") == pytest.approx(0.010, abs=0.01)  # another kind, its own best
+    assert emu.pad(0.008, "fwd") == pytest.approx(0.016, abs=0.01)  # a faster run lowers the best
+
+
+def test_pack_cores_gives_the_fast_rank_a_core_and_slow_ranks_share():
+    assert Emulator.pack_cores([1.0, 2.0, 3.0], [0, 1]) == [([0], 0.0), ([1], 0.0), ([1], 1.0)]
+    assert Emulator.pack_cores([2.0, 1.0], [4, 7]) == [([7], 0.0), ([4], 0.0)]
+    assert Emulator.pack_cores([2.0, 2.0, 2.0, 2.0], [0, 1]) == [([0], 0.0), ([1], 0.0), ([0], 1.0), ([1], 1.0)]
+    # three 1/3-duty ranks on one core would tile it, but spreading over the cores leaves them room
+    assert Emulator.pack_cores([3.0, 3.0, 3.0], [0]) == [([0], 0.0), ([0], 0.5), ([0], 1.0)]
+    assert Emulator.pack_cores([3.0, 3.0, 3.0], [0, 1]) == [([0], 0.0), ([1], 0.0), ([0], 1.0)]
+    assert Emulator.pack_cores([1.0, 1.0, 2.0], [0, 1]) is None  # 2.5 cores of duty on 2 cores: do not pin
+
+
+def test_worker_assignment_pins_emulated_ranks(tmp_path):
+    from hetero.runtime.worker import assignment
+
+    c = tmp_path / "c.yaml"
+    Cluster.from_dict({"name": "c", "device_types": [{"id": "fast", "like": "cpu"},
+                                                     {"id": "half", "like": "cpu", "scale": 0.5},
+                                                     {"id": "third", "like": "cpu", "scale": 1 / 3}],
+                       "nodes": [{"name": "a", "devices": {"type": "fast", "count": 1}},
+                                 {"name": "b", "devices": {"type": "half", "count": 1}},
+                                 {"name": "c", "devices": {"type": "third", "count": 1}}],
+                       "network": {"bandwidth_gbps": 10}}).to_yaml(c)
+    import os
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs 2 cores")
+    got = [assignment({"RANK": str(r), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": "3", "HETERO_CLUSTER": str(c),
+                       "HETERO_EMULATE": "1"}) for r in range(3)]
+    assert [g["HETERO_SLOWDOWN"] for g in got] == ["1", "2", "3"]
+    assert [g["HETERO_EMULATE_CPUS"] for g in got] == [str(cpus[0]), str(cpus[1]), str(cpus[1])]
+    assert [g["HETERO_EMULATE_PHASE"] for g in got] == ["0", "0", "1"]
+    assert "HETERO_EMULATE_CPUS" not in assignment({"RANK": "0", "LOCAL_WORLD_SIZE": "3", "HETERO_CLUSTER": str(c),
+                                                    "HETERO_EMULATE": "1", "HETERO_EMULATE_CPUS": "0"})

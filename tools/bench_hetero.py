@@ -15,12 +15,14 @@ shared machine) is compared for:
 
 Every configuration runs in ``--repeats`` interleaved rounds and keeps its best round (the machine is shared).
 Efficiency = (c) / sum of (a); speed-up = (c) / (b). Slower types are emulated by ``hetero.runtime.emulate`` (each
-compute block padded to slowdown x its measured time; benchmarks only). The predictor's device types are
-calibrated once from the measured fast-type run (a) (its achieved FLOP/s) and the link between ranks from a gloo
-all-reduce measurement at start-up, then it predicts every other run;
+compute block padded to slowdown x the rank's fastest time for that block, as a dedicated device that shares no
+cores; benchmarks only), and every run pins rank i to the cores ``hetero-run --emulate`` gives it (``pack_cores``:
+the fast type a core of its own, slower types sharing one as their duty cycles allow), the (a) runs included.
+The predictor's device types are calibrated once from the measured fast-type run (a) (its achieved FLOP/s) and
+the link between ranks from a gloo all-reduce measurement at start-up, then it predicts every other run;
 pred_error = |measured - predicted| / predicted step time of (c). The last line is one JSON object.
 
-    python tools/bench_hetero.py                      # ~2-4 minutes on 2 idle cores
+    python tools/bench_hetero.py                      # ~3-4 minutes on 2 idle cores
     python tools/bench_hetero.py --mixes 1,0.5 --steps 6 --quick
 """
 
@@ -43,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from hetero.autoparallel.plan import Plan  # noqa: E402
 from hetero.cluster.spec import Cluster  # noqa: E402
 from hetero.models.gpt import GPTConfig  # noqa: E402
+from hetero.runtime.emulate import Emulator  # noqa: E402
 
 
 def parse(argv=None):
@@ -153,11 +156,9 @@ def planner_plans(cluster: Cluster, cfg: GPTConfig, gb: int) -> tuple[dict[str, 
     return out, f"hetero.autoparallel.search ({res.best.plan.meta.get('family', 'pipeline')})"
 
 
-def predict_step(cluster: Cluster, cfg: GPTConfig, plan: dict) -> float | None:
-    try:
-        from hetero.predictor import predict
-    except ImportError:
-        return None
+def predict_step(cluster: Cluster, cfg: GPTConfig, plan: dict) -> float:
+    from hetero.predictor import predict
+
     return predict(cluster, cfg.spec(dtype="fp32"), Plan.from_dict(plan)).step_time_s
 
 
@@ -180,16 +181,22 @@ def bench_mix(speeds: list[float], cfg: GPTConfig, args, tmp: Path, progress) ->
     naive_plan = plan_dict(cfg, gb=gb, stages=[{"layers": [0, cfg.num_layers + 2], "device_type": _type_id(speeds[0]),
                                                "ranks": list(range(n)), "dp": n, "batch_shares": [gb // n] * n,
                                                "replica_types": [_type_id(x) for x in speeds]}])
+    # every run pins rank i (type speeds[i]) to the cores hetero-run --emulate gives it in the mixed run
+    cores = Emulator.pack_cores([max(speeds) / x for x in speeds], sorted(os.sched_getaffinity(0))) \
+        if hasattr(os, "sched_getaffinity") else None
+    results["cores"] = cores
     for rnd in range(args.repeats):
         # (a) each type alone: the whole model on its one device, slowed down relative to the fastest type. By
         # default the types' runs go side by side (separate jobs, same total CPU demand as the mixed run), so the
         # parts see the same shared caches and memory bandwidth of this one socket as the mixed run does;
         # --alone-sequential runs them one after another (each then has the machine to itself)
         jobs = []
-        for s in speeds:
+        for i, s in enumerate(speeds):
             progress(f"{tag} round {rnd + 1}/{args.repeats}: (a) {_type_id(s)} alone")
+            pin = {"HETERO_EMULATE_CPUS": ",".join(map(str, cores[i][0])),
+                   "HETERO_EMULATE_PHASE": f"{cores[i][1]:g}"} if cores else {}
             job = start(plan_dict(cfg, gb=gb, stages=one), None, args, tmp, f"a-{tag}-{s:g}",
-                        env={"HETERO_SLOWDOWN": f"{max(speeds) / s:.6g}"})
+                        env={"HETERO_SLOWDOWN": f"{max(speeds) / s:.6g}", **pin})
             if args.alone_sequential:
                 alone[s] = _best(alone.get(s), finish(job))
             else:

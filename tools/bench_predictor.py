@@ -262,7 +262,13 @@ def worker(args: argparse.Namespace) -> int:
     dist.barrier()
     baseline = anon_rss()
     # benchmark-only emulation of a slower device (the rank's slowdown), see hetero.runtime.emulate
-    emu = Emulator(slowdown=cfg.slow(rank // cfg.dp), phase=Emulator.alternating_phase(rank_types(cfg), rank))
+    # as hetero-run --emulate: duty cycles packed onto the cores (a fast rank has one alone), phases per core
+    layout = Emulator.pack_cores(rank_types(cfg), sorted(os.sched_getaffinity(0))) \
+        if hasattr(os, "sched_setaffinity") else None
+    if layout is not None:
+        os.sched_setaffinity(0, layout[rank][0])
+    phase = layout[rank][1] if layout is not None else Emulator.alternating_phase(rank_types(cfg), rank)
+    emu = Emulator(slowdown=cfg.slow(rank // cfg.dp), phase=phase)
     mem = MemorySampler()
     acct = {"on": job["warmup"] == 0, "wall": 0.0, "cpu": 0.0, "fwd": 0.0, "bwd": 0.0, "opt": 0.0}
     phases = {"pipeline": 0.0, "allreduce": 0.0, "optimizer": 0.0}  # wall seconds summed over the timed steps
@@ -421,8 +427,8 @@ def speed_probe(reps: int = 12) -> float:
 
 def _probe_blocks(k: float, reps: int, seconds: float = 0.0) -> list[float]:
     """Thread-CPU seconds of forward + backward of one block of each benchmark model (micro-batch 2) on an
-    emulated device ``k`` times slower: each block is followed by ``(k - 1) x`` its wall time of sleep, as
-    ``runtime/emulate.py`` pads. ``reps`` timed blocks per model (or, with ``seconds``, loop that long untimed:
+    emulated device ``k`` times slower: each block is followed by ``(k - 1) x`` its wall time of sleep, about what
+    ``runtime/emulate.py`` pads (its models' blocks alternate in the returned list). ``reps`` timed blocks per model (or, with ``seconds``, loop that long untimed:
     the partner load)."""
     import torch
 
@@ -454,8 +460,9 @@ def variant_factor(k: float, colocated: bool, reps: int = 12) -> float:
     """How much longer a compute block takes on this machine when it runs (a) on an emulated device ``k`` times
     slower (sleep after each block: the core idles, and the next block starts with cold caches) and (b), with
     ``colocated``, while another process computes on the other core (shared L3 and memory bandwidth): the probe's
-    median block time under those conditions / back to back alone, measured now, side by side. The benchmark's
-    emulated device types are profiled as they are used: the profile's compute scaled by ``k x`` this factor."""
+    median block time under those conditions / back to back alone, measured now, side by side (for ``k > 1`` the
+    fastest such block, as the emulator pads to ``k x`` the fastest). The benchmark's emulated device types are
+    profiled as they are used: the profile's compute scaled by ``k x`` this factor."""
     partner = None
     if colocated:
         code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r});"
@@ -463,15 +470,20 @@ def variant_factor(k: float, colocated: bool, reps: int = 12) -> float:
         partner = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, OMP_NUM_THREADS="1"))
         time.sleep(2.0)  # let it import torch and start computing
     try:
-        base = statistics.median(_probe_blocks(1.0, reps)) if not colocated else None
-        var = statistics.median(_probe_blocks(k, reps))
+        base = _probe_blocks(1.0, reps) if not colocated else None
+        var = _probe_blocks(k, reps)
     finally:
         if partner is not None:
             partner.kill()
             partner.wait()
     if base is None:
-        base = statistics.median(_probe_blocks(1.0, reps))
-    return var / base
+        base = _probe_blocks(1.0, reps)
+    if k <= 1.0:
+        return statistics.median(var) / statistics.median(base)
+    # an emulated block lasts k x the fastest run of that block (runtime/emulate.py), so per model: fastest block
+    # under the k pattern over the median back-to-back one
+    n = len(MODELS)
+    return statistics.mean(min(var[i::n]) / statistics.median(base[i::n]) for i in range(n))
 
 
 def run_config(cfg: BenchConfig, cluster_doc: dict, *, mode: str, steps: int, warmup: int, timeout: float

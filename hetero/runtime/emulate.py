@@ -1,12 +1,17 @@
 """Emulate a slower device on CPU by padding compute with sleep. FOR TESTS AND BENCHMARKS ONLY.
 
 A rank declared as a device ``k`` times slower than the machine it runs on times each compute block and then
-sleeps ``(k - 1) x elapsed``, so the block takes ``k x`` as long while the core stays free during the sleep (the
-rank's CPU duty cycle is ``1 / k``). This lets a 2-core machine run a "heterogeneous" cluster honestly: the
+sleeps until the block has lasted ``k x`` the fastest time this rank has run that kind of block (its uncontended
+time on this CPU), so the core stays free during the sleep (the rank's CPU duty cycle is ``1 / k``). Sizing the
+padding from the fastest run, not from this run, is what a dedicated device does: it shares no cores, so its time
+per block does not grow when other emulated ranks on this machine compute at the same moment (sizing from the
+contended time would multiply the contention by ``k``). A block slowed by more than its padding is late, as it
+would be for real. This lets a 2-core machine run a "heterogeneous" cluster honestly: the
 timings are real, only the speed difference is emulated. Nothing in the production path uses this class; a real
 heterogeneous cluster needs no emulation.
 
     HETERO_SLOWDOWN=2 python my_worker.py        # Emulator.from_env() then pads every `with emu.compute():`
+    hetero-run --emulate ...                     # also pins ranks to cores (HETERO_EMULATE_CPUS, pack_cores)
 
     emu = Emulator.from_cluster(cluster, rank)   # slowdown = peak fp32 of the fastest type / the rank's type's
     with emu.compute():
@@ -29,8 +34,10 @@ PHASE_VAR = "HETERO_EMULATE_PHASE"
 class Emulator:
     """Pads compute blocks to emulate a device ``slowdown`` times slower (tests/benchmarks only).
 
-    ``phase`` (0..1) is the share of each block's padding slept *before* the block (sized from the previous block
-    of the same kind; the rest, after it, makes the total exact). Ranks that run in lockstep (DP replicas) with
+    A block of ``kind`` lasts ``max(elapsed, slowdown x best)``, ``best`` being the fastest ``kind`` block so far;
+    blocks of one ``kind`` must do the same work (callers key the kind by shape where it varies).
+    ``phase`` (0..1) is the share of each block's padding slept *before* the block (sized from ``best``; the rest,
+    after it, makes the total exact). Ranks that run in lockstep (DP replicas) with
     different phases put their compute at different moments of the padded window, so on a machine with fewer
     cores than ranks they do not all compute at once, as real devices, which share no cores, never do."""
 
@@ -41,7 +48,7 @@ class Emulator:
             raise ConfigError("phase", f"must be a number in [0, 1], got {phase!r}")
         self.slowdown = float(slowdown)
         self.phase = float(phase)
-        self._last: dict[str, float] = {}
+        self._best: dict[str, float] = {}
         self._pre: dict[str, float] = {}
         self.compute_s = 0.0
         """Measured (unpadded) seconds of all blocks so far."""
@@ -106,22 +113,47 @@ class Emulator:
         slow = [r for r, k in enumerate(slowdowns[: rank + 1]) if k > 1.0]
         return 1.0 if slow and slow[-1] == rank and len(slow) % 2 == 0 else 0.0
 
+    @staticmethod
+    def pack_cores(slowdowns: Sequence[float], cpus: Sequence[int]) -> list[tuple[list[int], float]] | None:
+        """A core and a phase for each rank, so that no core carries more than one core's worth of duty cycles
+        (``1 / slowdown``): worst-fit decreasing (the least-loaded core that fits), and the ranks sharing a core
+        spread their phases evenly over [0, 1] so that their compute tiles the padded window. A real device shares
+        no cores; pinned this way an emulated fast rank keeps a core to itself while slower ranks share another.
+        None when the duty cycles do not fit in ``cpus`` (then nothing should be pinned)."""
+        cpus = list(cpus)
+        load = [0.0] * len(cpus)
+        on: list[list[int]] = [[] for _ in cpus]
+        for r in sorted(range(len(slowdowns)), key=lambda r: slowdowns[r]):  # largest duty cycle first
+            duty = 1.0 / max(float(slowdowns[r]), 1.0)
+            fits = [i for i, used in enumerate(load) if used + duty <= 1.0 + 1e-9]
+            if not fits:
+                return None
+            c = min(fits, key=lambda i: load[i])
+            load[c] += duty
+            on[c].append(r)
+        out: list[tuple[list[int], float]] = [([], 0.0)] * len(slowdowns)
+        for c, ranks in enumerate(on):
+            for j, r in enumerate(sorted(ranks)):
+                out[r] = ([cpus[c]], j / (len(ranks) - 1) if len(ranks) > 1 else 0.0)
+        return out
+
     def before(self, kind: str = "block") -> float:
-        """Sleep ``phase`` of the padding the previous ``kind`` block needed, before this one; return it."""
-        want = self.phase * (self.slowdown - 1.0) * self._last.get(kind, 0.0)
+        """Sleep ``phase`` of the padding a ``kind`` block needs (from the fastest one so far), before it; return it."""
+        want = self.phase * (self.slowdown - 1.0) * self._best.get(kind, 0.0)
         slept = self._sleep(want)
         self._pre[kind] = slept
         return slept
 
     def pad(self, elapsed_s: float, kind: str = "block") -> float:
-        """After a block that took ``elapsed_s``: sleep what remains of its ``(slowdown - 1) x elapsed_s`` padding
-        (all of it unless ``before`` slept part); return the padded duration (elapsed plus all sleep for it)."""
+        """After a block that took ``elapsed_s``: sleep until it has lasted ``slowdown x`` the fastest ``kind`` block
+        so far (this one included), counting what ``before`` slept; return the padded duration (elapsed plus all
+        sleep for it)."""
         if elapsed_s < 0:
             raise ValueError(f"elapsed_s must be >= 0, got {elapsed_s}")
         self.compute_s += elapsed_s
-        self._last[kind] = elapsed_s
+        best = self._best[kind] = min(elapsed_s, self._best.get(kind, elapsed_s))
         pre = self._pre.pop(kind, 0.0)
-        slept = self._sleep((self.slowdown - 1.0) * elapsed_s - pre)
+        slept = self._sleep(self.slowdown * best - elapsed_s - pre) if self.enabled else 0.0
         return elapsed_s + pre + slept
 
     def _sleep(self, want: float) -> float:

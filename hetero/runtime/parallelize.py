@@ -43,10 +43,11 @@ class _Timer:
         self.emulator = emulator
         self.busy_s = 0.0
         self.padded_s = 0.0
-        self._bwd_t0: list[float] = []
+        self._bwd_t0: list[tuple[float, str]] = []
 
     def before(self, kind: str) -> None:
-        """Emulation: the share of the padding slept before a ``kind`` ("fwd"/"bwd") block (see Emulator)."""
+        """Emulation: the share of the padding slept before a ``kind`` block ("fwd"/"bwd" and the input shape: the
+        emulator pads each kind from its fastest run, so blocks of one kind must be the same work)."""
         if self.emulator is not None:
             self.emulator.before(kind)
 
@@ -59,15 +60,15 @@ class _BackwardStart(torch.autograd.Function):
     """Identity at a stage's output; its backward (the first of the stage) starts the backward clock."""
 
     @staticmethod
-    def forward(ctx, x, timer):
-        ctx.timer = timer
+    def forward(ctx, x, timer, kind):
+        ctx.timer, ctx.kind = timer, kind
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad):
-        ctx.timer.before("bwd")
-        ctx.timer._bwd_t0.append(time.perf_counter())
-        return grad, None
+        ctx.timer.before(ctx.kind)
+        ctx.timer._bwd_t0.append((time.perf_counter(), ctx.kind))
+        return grad, None, None
 
 
 class _BackwardEnd(torch.autograd.Function):
@@ -82,7 +83,8 @@ class _BackwardEnd(torch.autograd.Function):
     def backward(ctx, grad):
         t = ctx.timer
         if t._bwd_t0:
-            t.add(time.perf_counter() - t._bwd_t0.pop(), "bwd")
+            t0, kind = t._bwd_t0.pop()
+            t.add(time.perf_counter() - t0, kind)
         return grad, None
 
 
@@ -98,7 +100,8 @@ class StageModule(nn.Module):
         self.timer = _Timer(emulator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.timer.before("fwd")
+        shape = "x".join(map(str, x.shape))
+        self.timer.before(f"fwd{shape}")
         t0 = time.perf_counter()
         grad = torch.is_grad_enabled()
         marked = False
@@ -111,9 +114,9 @@ class StageModule(nn.Module):
                 x = layer(x)
         if grad and not marked and x.requires_grad:  # a one-layer first stage: time its backward from here
             x, marked = _BackwardEnd.apply(x, self.timer), True
-        self.timer.add(time.perf_counter() - t0, "fwd")
+        self.timer.add(time.perf_counter() - t0, f"fwd{shape}")
         if grad and x.requires_grad:
-            x = _BackwardStart.apply(x, self.timer)
+            x = _BackwardStart.apply(x, self.timer, f"bwd{shape}")
         return x
 
 

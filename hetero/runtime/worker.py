@@ -5,7 +5,8 @@ From torchrun's RANK / LOCAL_RANK / LOCAL_WORLD_SIZE and the plan (HETERO_PLAN) 
 sets: HETERO_DEVICE_TYPE, HETERO_DEVICE (``cuda:<i>`` numbering only this host's ranks of that device kind,
 ``cpu``), HETERO_STAGE, HETERO_DP_INDEX, HETERO_TP_INDEX, HETERO_NODE, and with HETERO_EMULATE=1 on CPU ranks
 HETERO_SLOWDOWN (the rank type's speed relative to the cluster's fastest type; tests and benchmarks only;
-HETERO_SLOWDOWN_BY_RANK="1,2" gives it per rank instead).
+HETERO_SLOWDOWN_BY_RANK="1,2" gives it per rank instead), HETERO_EMULATE_PHASE and HETERO_EMULATE_CPUS (the cores
+the rank is pinned to, so that emulated ranks' duty cycles fit this host's cores; set it to override).
 
     python -m hetero.runtime.worker [-m] script.py args...      # normally started by hetero-run, not by hand
 """
@@ -78,10 +79,31 @@ def assignment(env: dict[str, str]) -> dict[str, str]:
             from hetero.runtime.emulate import Emulator  # tests/benchmarks only
 
             out["HETERO_SLOWDOWN"] = f"{Emulator.from_cluster(cluster, rank).slowdown:.6g}"
-            if "HETERO_EMULATE_PHASE" not in env:  # emulated ranks alternate computing first / last in their window
-                slowdowns = [Emulator.from_cluster(cluster, r).slowdown for r in range(rank + 1)]
-                out["HETERO_EMULATE_PHASE"] = f"{Emulator.alternating_phase(slowdowns, rank):g}"
+            # this host's ranks pinned so that their duty cycles fit the cores (a device shares no cores), the
+            # ranks sharing a core spreading their compute over the padded window (phases); without pinning,
+            # emulated ranks alternate computing first / last in their window
+            first, n_local = rank - local_rank, int(env.get("LOCAL_WORLD_SIZE", "1"))
+            local = [Emulator.from_cluster(cluster, r).slowdown if _type_device(rank_type.get(r, ""), cluster)
+                     == "cpu" else 1.0 for r in range(first, first + n_local)]
+            layout = Emulator.pack_cores(local, sorted(os.sched_getaffinity(0))) \
+                if hasattr(os, "sched_getaffinity") and "HETERO_EMULATE_CPUS" not in env else None
+            if layout is not None:
+                out["HETERO_EMULATE_CPUS"] = ",".join(map(str, layout[local_rank][0]))
+            if "HETERO_EMULATE_PHASE" not in env:
+                phase = layout[local_rank][1] if layout is not None else Emulator.alternating_phase(
+                    [Emulator.from_cluster(cluster, r).slowdown for r in range(rank + 1)], rank)
+                out["HETERO_EMULATE_PHASE"] = f"{phase:g}"
     return out
+
+
+def pin_emulated_cpus(env: dict[str, str]) -> None:
+    """Pin this process to ``HETERO_EMULATE_CPUS`` (comma-separated core ids; emulation only) when set."""
+    raw = env.get("HETERO_EMULATE_CPUS", "").strip()
+    if raw and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, {int(c) for c in raw.split(",")})
+        except (ValueError, OSError) as e:
+            raise ConfigError("HETERO_EMULATE_CPUS", f"cannot pin to {raw!r}: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     @record
     def _run():
         os.environ.update(assignment(dict(os.environ)))
+        pin_emulated_cpus(dict(os.environ))
         sys.argv = list(argv)
         if module:
             runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
