@@ -91,3 +91,14 @@ def test_episode_scores_first_episode_only():
     r = torch.tensor([[0.0, 1.0], [1.0, 0.0], [5.0, 5.0]])
     d = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
     assert algos.episode_scores(r, d).tolist() == [1.0, 1.0]
+
+
+def test_grpo_rollout_spreads_group_advantages_over_each_first_episode():
+    # T=3, B=2 (one group): env 0 scores 1 (ends at t=1), env 1 scores 0 (ends at t=0, then a second episode)
+    r = torch.tensor([[0.0, 0.0], [1.0, 7.0], [3.0, 7.0]])
+    d = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    adv, mask = algos.grpo_rollout(r, d, 2, filter_bounds=None)
+    assert adv[:, 0].tolist() == pytest.approx([1.0] * 3, abs=1e-5) and adv[:, 1].tolist() == pytest.approx([-1.0] * 3, abs=1e-5)
+    assert mask.tolist() == [[True, True], [True, False], [False, False]]
+    _, filtered = algos.grpo_rollout(r, d, 2, filter_bounds=(0.6, 0.9))  # group mean 0.5 < 0.6: dropped
+    assert not filtered.any()

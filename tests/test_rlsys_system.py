@@ -5,7 +5,7 @@ disaggregated (env | rollout | actor on three ranks, k=1) must reproduce the tra
 (all roles on all three ranks, actor data-parallel over 3, context switching) and hybrid (env | rollout, actor on
 the rollout rank and a third rank, data-parallel over 2) run the same algorithm with the gradient summed across
 ranks, so their metrics agree to float rounding. A pipelined run (two env ranks, k=2, world size 4) completes
-with the same amount of data.
+with the same amount of data. GRPO, disaggregated, reproduces the trainer's GRPO metrics exactly.
 """
 
 from __future__ import annotations
@@ -27,13 +27,27 @@ KEYS = ["success_rate", "return", "episodes", "env_steps", "samples", "kl", "cli
         "entropy"]
 
 
-def _ref_train(ckpt, out):
+GRPO = ["algo.name=grpo", "env.group_size=2", "algo.group_size=2", "algo.filter_low=null", "algo.filter_high=null"]
+"""GRPO on the tiny config: groups of 2 (reach, button), no reward filter (an untrained policy never succeeds)."""
+
+
+def _ref_train(ckpt, out, sets=()):
     from hetero.rl.config import load_config
     from hetero.rl.trainer import train
 
     torch.set_num_threads(1)
-    train(load_config(CONFIG, [f"train.init_checkpoint={ckpt}", f"train.out_dir={out}"]), progress=False,
+    train(load_config(CONFIG, [f"train.init_checkpoint={ckpt}", f"train.out_dir={out}", *sets]), progress=False,
           log=lambda s: None)
+
+
+def _ref_metrics(ckpt, out, sets=()) -> list[dict]:
+    p = mp.get_context("spawn").Process(target=_ref_train, args=(str(ckpt), str(out), list(sets)))
+    p.start()
+    p.join(180)
+    assert p.exitcode == 0, "reference trainer failed"
+    ref = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(ref) == 2
+    return ref
 
 
 @pytest.fixture(scope="module")
@@ -45,23 +59,18 @@ def reference(tmp_path_factory):
             "m = VLAPolicy(cfg.policy.vla_config(state_dim=39, action_dim=4, num_cameras=0, image_size=64))\n"
             "save_checkpoint(sys.argv[2], model=m)\n")
     subprocess.run([sys.executable, "-c", code, CONFIG, str(ckpt)], check=True, timeout=120)
-    p = mp.get_context("spawn").Process(target=_ref_train, args=(str(ckpt), str(d / "ref")))
-    p.start()
-    p.join(180)
-    assert p.exitcode == 0, "reference trainer failed"
-    ref = [json.loads(x) for x in (d / "ref" / "metrics.jsonl").read_text().splitlines()]
-    assert len(ref) == 2
-    return ckpt, ref, d
+    return ckpt, _ref_metrics(ckpt, d / "ref"), d
 
 
-def _run(reference, name, roles):
+def _run(reference, name, roles, sets=(), samples=16):
     ckpt, ref, d = reference
     rp = RolePlan.from_dict(roles)
     plan = d / f"{name}.yaml"
-    to_plan(rp, samples=16).to_file(plan)
+    to_plan(rp, samples=samples).to_file(plan)
     out = d / name
     res = launch(["--config", CONFIG, "--plan", str(plan), "--iterations", "2", "--out", str(out), "--set",
-                  f"train.init_checkpoint={ckpt}"], world_size=rp.world_size, timeout_s=240, capture=True)
+                  f"train.init_checkpoint={ckpt}", *sum([["--set", s] for s in sets], [])],
+                 world_size=rp.world_size, timeout_s=240, capture=True)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     got = read_metrics(str(out))
     assert [r["iteration"] for r in got] == [1, 2] and [r["version"] for r in got] == [1, 2]
@@ -75,6 +84,18 @@ def test_disaggregated_matches_single_process_trainer_exactly(reference):
     for g, r in zip(got, ref):
         assert {k: g[k] for k in KEYS} == {k: r[k] for k in KEYS}
     assert got[0]["switch_bytes"] == 0 and got[0]["sync_bytes"] > 0
+
+
+def test_grpo_disaggregated_matches_single_process_trainer_exactly(reference):
+    """GRPO on the RL system: every env restarts from its group's shared state each iteration and runs one episode
+    (3 chunk-steps here); group-normalised episode scores as advantages, as in the trainer."""
+    ckpt, _, d = reference
+    ref = _ref_metrics(ckpt, d / "ref_grpo", GRPO)
+    got, _, _ = _run(reference, "grpo", {"mode": "disaggregated", "num_envs": 4, "k": 1, "env": {"ranks": [0]},
+                                         "rollout": {"ranks": [1]}, "actor": {"ranks": [2]}}, GRPO, samples=12)
+    for g, r in zip(got, ref):
+        assert {k: g[k] for k in KEYS} == {k: r[k] for k in KEYS}
+    assert got[0]["samples"] == 12 and got[0]["episodes"] == 4 and got[0]["v_loss"] == 0.0 and got[1]["kl"] > 0
 
 
 def _close(got, ref):
@@ -121,7 +142,4 @@ def test_launcher_rejects_bad_input_before_starting_ranks(tmp_path, capsys):
     to_plan(rp, samples=16).to_file(plan)
     assert main(["--config", CONFIG, "--plan", str(plan), "--set", "env.num_envs=8"]) == 2
     assert "roles.num_envs: is 4 but the RL config's env.num_envs is 8" in capsys.readouterr().err
-    assert main(["--config", CONFIG, "--plan", str(plan), "--set", "algo.name=grpo", "--set", "env.group_size=2",
-                 "--set", "algo.group_size=2"]) == 2
-    assert "runs PPO" in capsys.readouterr().err
     assert main(["--config", CONFIG, "--plan", str(tmp_path / "missing.yaml")]) == 2

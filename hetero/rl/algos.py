@@ -122,3 +122,13 @@ def grpo_advantages(scores: torch.Tensor, group_size: int, *, eps: float = 1e-6,
         lo, hi = filter_bounds
         keep = ((mean >= lo) & (mean <= hi)).expand_as(g).reshape(-1)
     return adv, keep
+
+
+def grpo_rollout(rewards: torch.Tensor, dones: torch.Tensor, group_size: int, *,
+                 filter_bounds: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO over one rollout in which every env ran one episode from its group's shared reset: rewards, dones
+    ``[T, B]`` -> (advantages ``[T, B]``: each env's group-normalised episode score on every step, mask ``[T, B]``
+    bool: the steps up to and including the env's first episode end, in groups the reward filter keeps)."""
+    g_adv, keep = grpo_advantages(episode_scores(rewards, dones), group_size, filter_bounds=filter_bounds)
+    alive = torch.cumprod(torch.cat([torch.ones_like(dones[:1]), 1.0 - dones[:-1].float()]), dim=0).bool()
+    return g_adv[None, :].expand_as(rewards).clone(), alive & keep[None, :]

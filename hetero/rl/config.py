@@ -135,6 +135,10 @@ class AlgoConfig:
         check(self.minibatch_size >= 1, "minibatch_size", "must be >= 1")
         check(self.group_size >= 2, "group_size", "must be >= 2")
 
+    def filter_bounds(self) -> tuple[float, float] | None:
+        """GRPO's reward filter (low, high), or None when either bound is null (keep every group)."""
+        return None if self.filter_low is None or self.filter_high is None else (self.filter_low, self.filter_high)
+
 
 @dataclass(kw_only=True)
 class TrainConfig:
@@ -208,6 +212,13 @@ class RLConfig:
         if self.algo.name == "grpo":
             check(self.env.group_size == self.algo.group_size, "env.group_size",
                   f"must equal algo.group_size={self.algo.group_size} for GRPO")
+
+    def chunk_steps(self) -> int:
+        """Chunk-steps per rollout: PPO's ``algo.rollout_chunks``; GRPO runs every env for one whole episode
+        (``ceil(env.max_episode_steps / sampler.chunk)``)."""
+        if self.algo.name == "grpo":
+            return -(-self.env.max_episode_steps // self.sampler.chunk)
+        return self.algo.rollout_chunks
 
 
 EnvConfig = MetaWorldConfig | LiberoConfig | ManiSkillConfig

@@ -49,9 +49,6 @@ def load(args) -> tuple:
     plan = Plan.from_file(args.plan)
     if plan.roles is None:
         raise ConfigError(f"{args.plan}: roles", "the plan has no roles (make one with hetero-plan --rl)")
-    if cfg.algo.name != "ppo":
-        raise ConfigError("algo.name", "the RL system runs PPO (GRPO restarts every env each iteration: use "
-                          "hetero rl train)")
     if cfg.env.num_envs != plan.roles.num_envs:
         raise ConfigError(f"{args.plan}: roles.num_envs", f"is {plan.roles.num_envs} but the RL config's "
                           f"env.num_envs is {cfg.env.num_envs}")

@@ -97,11 +97,9 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
         for it in range(start_iter + 1, tc.iterations + 1):
             t_iter = time.time()
             # ---- 1. rollout ----------------------------------------------------------------------------------
+            T = cfg.chunk_steps()
             if ac.name == "grpo":  # every group starts from one shared reset state; one episode per env
                 obs = env.reset(seed=tc.seed * 7919 + it)
-                T = -(-cfg.env.max_episode_steps // sc.chunk)
-            else:
-                T = ac.rollout_chunks
             model.eval()
             buf_obs, chains, inds, logps, values = [], [], [], [], []
             rewards = torch.zeros(T, n_env)
@@ -145,12 +143,8 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
                     next_v = model.value(model.encode(obs_to_torch(obs, dev))).cpu()
                 adv, ret = algos.gae(rewards, values_t, dones, next_v, gamma=ac.gamma, lam=ac.lam)
             else:
-                scores = algos.episode_scores(rewards, dones)
-                bounds = None if ac.filter_low is None or ac.filter_high is None else (ac.filter_low, ac.filter_high)
-                g_adv, keep = algos.grpo_advantages(scores, ac.group_size, filter_bounds=bounds)
-                alive = torch.cumprod(torch.cat([torch.ones(1, n_env), 1.0 - dones[:-1]]), dim=0).bool()
-                mask = mask & alive & keep[None, :]
-                adv, ret = g_adv[None, :].expand(T, n_env).clone(), torch.zeros(T, n_env)
+                adv, keep = algos.grpo_rollout(rewards, dones, ac.group_size, filter_bounds=ac.filter_bounds())
+                mask, ret = mask & keep, torch.zeros(T, n_env)
             # ---- 3. update ----------------------------------------------------------------------------------
             batch = {"obs": cat_obs(buf_obs), "chain": torch.cat(chains), "denoise_ind": torch.cat(inds),
                      "logp": torch.cat(logps), "value": values_t.reshape(-1), "adv": adv.reshape(-1),

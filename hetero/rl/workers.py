@@ -1,23 +1,25 @@
-"""The RL role loops (env, rollout, actor) of one rank of the RL system, and the data-parallel PPO update.
+"""The RL role loops (env, rollout, actor) of one rank of the RL system, and the data-parallel PPO / GRPO update.
 
 Every rank runs :func:`run_rank` with the same :class:`~hetero.autoparallel.roles.RolePlan`; what it does depends
 on the roles the plan gives it. One iteration, in program order (deadlock-free for every placement):
 
-1. env ranks send the current observation of each of their micro-batches (slots ``roles.slots(j)``);
+1. env ranks send the current observation of each of their micro-batches (slots ``roles.slots(j)``; with GRPO
+   after resetting every env from its group's shared state, one episode per env per iteration);
 2. for each chunk step t and micro-batch j: the rollout rank of j receives the observation (and the previous step's
    rewards / dones / episodes), samples with the policy (:func:`hetero.rl.policy.sample`), bootstraps time-limit
    ends with V(final obs) if ``algo.bootstrap_truncated`` and sends the actions; the env rank of j steps its envs
    by the chunk and sends the result back. Env and rollout on different ranks overlap across micro-batches: the elastic pipeline;
 3. the rollout rank computes V(last obs) and ships the micro-batch's trajectory, tagged with the weights' version,
    to every actor rank;
-4. actor ranks assemble the ``[T, num_envs]`` batch, compute GAE advantages (:func:`hetero.rl.algos.gae`) and run
-   :func:`ppo_update` (minibatches split over the actor ranks, gradients all-reduced with weights n_r / n);
+4. actor ranks assemble the ``[T, num_envs]`` batch, compute advantages (PPO: :func:`hetero.rl.algos.gae`; GRPO:
+   :func:`hetero.rl.algos.grpo_rollout`) and run :func:`ppo_update` (minibatches split over the actor ranks,
+   gradients all-reduced with weights n_r / n);
 5. the first actor rank broadcasts the new weights with version = iteration (:mod:`hetero.rl.weightsync`).
 
 Ranks holding both the actor and the rollout model switch context (:mod:`hetero.rl.offload`): the actor waits in
 the host store while rollouts run, the rollout model while the actor trains. The single-process trainer
 (:mod:`hetero.rl.trainer`) is the reference: the same seeds, env slots, sampling generator and minibatch order make
-a placement with one rollout rank, k = 1 and one actor rank reproduce its metrics exactly (PPO only).
+a placement with one rollout rank, k = 1 and one actor rank reproduce its metrics exactly (PPO and GRPO).
 
 Run through ``hetero.rl.system``. Tests: ``python -m pytest -q tests/test_rlsys_system.py``.
 """
@@ -59,9 +61,6 @@ class RankRunner:
     """The loops of one rank (see the module docstring); build on every rank, then call :meth:`run`."""
 
     def __init__(self, *, rank: int, roles: RolePlan, cfg: RLConfig, capacity: int = 4, log=print):
-        if cfg.algo.name != "ppo":
-            raise ConfigError("algo.name", "the RL system runs PPO (GRPO restarts every env each iteration: use "
-                              "hetero rl train)")
         if cfg.env.num_envs != roles.num_envs:
             raise ConfigError("roles.num_envs", f"is {roles.num_envs} but env.num_envs is {cfg.env.num_envs}")
         self.rank, self.roles, self.cfg, self.log = rank, roles, cfg, log
@@ -119,6 +118,8 @@ class RankRunner:
         if j not in self.envs:
             self.envs[j] = make_microbatch_env(self.cfg.env, self.roles.slots(j))
             self.obs[j] = self.envs[j].reset(seed=tc.seed * 7919)
+        if self.cfg.algo.name == "grpo":  # every group restarts from one shared reset state, as in the trainer
+            self.obs[j] = self.envs[j].reset(seed=tc.seed * 7919 + it)
         self._ch("obs", j).send(j, {"obs": obs_to_torch(self.obs[j])})
 
     def _env_step(self, j: int) -> None:
@@ -139,7 +140,7 @@ class RankRunner:
             ac, m = self.cfg.algo, self.rollout_model
             r = msg["reward"].clone()
             tr = msg["truncated"]
-            if ac.bootstrap_truncated and tr.any():  # r += gamma V(final obs) at time-limit ends
+            if ac.name == "ppo" and ac.bootstrap_truncated and tr.any():  # r += gamma V(final obs) at time limits
                 idx = torch.nonzero(tr).squeeze(1)
                 with torch.no_grad():
                     fo = obs_to_torch(msg["final_obs"], self.device)
@@ -220,7 +221,11 @@ class RankRunner:
             while j >= 0 and (j == t or not dones[j, i]):
                 mask[j, i] = False
                 j -= 1
-        adv, ret = algos.gae(rewards, values_t, dones, b["next_v"], gamma=ac.gamma, lam=ac.lam)
+        if ac.name == "ppo":
+            adv, ret = algos.gae(rewards, values_t, dones, b["next_v"], gamma=ac.gamma, lam=ac.lam)
+        else:  # GRPO: one episode per env from its group's shared reset
+            adv, keep = algos.grpo_rollout(rewards, dones, ac.group_size, filter_bounds=ac.filter_bounds())
+            mask, ret = mask & keep, torch.zeros(T, n_env)
         flat = {"obs": cat_obs(b["buf_obs"]), "chain": torch.cat(list(b["chain"])),
                 "denoise_ind": torch.cat(list(b["ind"])), "logp": torch.cat(list(b["logp"])),
                 "value": values_t.reshape(-1), "adv": adv.reshape(-1), "ret": ret.reshape(-1),
@@ -237,7 +242,7 @@ class RankRunner:
     # -- the iteration
     def run(self, iterations: int, *, out_dir: str | None = None) -> list[dict]:
         """Run ``iterations`` RL iterations; the first actor rank returns (and writes) one record per iteration."""
-        T, records = self.cfg.algo.rollout_chunks, []
+        T, records = self.cfg.chunk_steps(), []
         env_mbs, roll_mbs = self._mbs("env"), self._mbs("rollout")
         metrics = None
         if out_dir and self.rank == self.roles.actor.ranks[0]:
