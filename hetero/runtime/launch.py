@@ -7,7 +7,8 @@ dash or underscore spelling) plus:
   --plan plan.yaml        the Plan; every worker gets its stage / dp / tp index and device from it
   --cluster cluster.yaml  the Cluster; gives each node its own process count and device type
   --node-name NAME        which cluster node this launcher runs (default: the node at --node-rank)
-  --emulate               CPU ranks of slower types pad their compute (tests and benchmarks only)
+  --emulate               CPU ranks of slower types pad their compute and are pinned to cores so that their duty
+                          cycles fit (tests and benchmarks only)
 
 Unlike torchrun the process count may differ per node: without ``--nproc-per-node`` it is the cluster node's
 device count (or, on a single node, the whole plan/cluster: emulated mixed devices on one machine). Each worker
@@ -44,7 +45,8 @@ def build_parser():
     p.add_argument("--node-name", "--node_name", dest="node_name", default=None,
                    help="cluster node this launcher runs (default: node at --node-rank)")
     p.add_argument("--emulate", action="store_true",
-                   help="pad compute of CPU ranks of slower device types (tests/benchmarks only)")
+                   help="pad compute of CPU ranks of slower device types and pin ranks to cores by duty cycle "
+                        "(tests/benchmarks only)")
     p.set_defaults(nproc_per_node=None, nnodes=None, node_rank=None, rdzv_id=None)
     return p
 
