@@ -10,8 +10,11 @@ shared machine) is compared for:
       ranks share caches and memory bandwidth too); ``--alone-sequential`` runs them one at a time instead
   (b) the naive even split over all ranks (DP, equal batch shares: what a homogeneous runtime does)
   (c) hetero's plan: the planner's best (``hetero.autoparallel.search``, chosen by prediction: a pipeline with
-      uneven layers, or DP across the types with batch shares by speed); its best pipeline plan is run too, for
-      reference, when it is not the winner
+      uneven layers, or DP across the types with batch shares by speed), then re-planned once with each type's
+      measured / predicted busy time from the first run of that plan (``type_factors``: what running the plan
+      teaches about each type, e.g. that a small batch share runs less efficiently per sample); (c) is the
+      re-planned plan when it differs. The planner's first plan and its best pipeline plan are run too, for
+      reference
 
 Every configuration runs in ``--repeats`` interleaved rounds and keeps its best round (the machine is shared).
 Efficiency = (c) / sum of (a); speed-up = (c) / (b). Slower types are emulated by ``hetero.runtime.emulate`` (each
@@ -84,14 +87,17 @@ def measure_link() -> dict:
     return {"bandwidth_gbps": bw * 8 / 1e9, "latency_us": alpha * 1e6} if bw > 0 else dict(LINK)
 
 
-def cluster_dict(speeds: list[float], *, flops: float | None) -> dict:
+def cluster_dict(speeds: list[float], *, flops: float | None, factors: dict[str, float] | None = None) -> dict:
     """A cluster with one node (one device) per speed; ``flops`` (measured fp32 FLOP/s of the fast type) calibrates
-    the custom device types."""
+    the custom device types; ``factors`` (type -> measured / predicted busy time) slows a type's peak for the
+    planner and predictor (the runs' emulated speeds always come from the uncalibrated cluster)."""
     types = []
     for s in speeds:
         t = {"id": _type_id(s), "like": "cpu", "scale": s}
         if flops is not None:
-            t = {"id": _type_id(s), "like": "cpu", "peak_tflops": {"fp32": flops * s / 1e12}, "matmul_efficiency": 1.0}
+            f = (factors or {}).get(_type_id(s), 1.0)
+            t = {"id": _type_id(s), "like": "cpu", "peak_tflops": {"fp32": flops * s / f / 1e12},
+                 "matmul_efficiency": 1.0}
         types.append(t)
     nodes = [{"name": f"n{i}-{_type_id(s)}", "devices": {"type": _type_id(s), "count": 1}} for i, s in enumerate(speeds)]
     return {"name": "emulated-mix", "device_types": types, "nodes": nodes,
@@ -162,6 +168,33 @@ def predict_step(cluster: Cluster, cfg: GPTConfig, plan: dict) -> float:
     return predict(cluster, cfg.spec(dtype="fp32"), Plan.from_dict(plan)).step_time_s
 
 
+def type_factors(cluster: Cluster, cfg: GPTConfig, plan: dict, rank_busy: list[float]) -> dict[str, float]:
+    """Measured / predicted compute time per device type, from one run's per-rank busy seconds (padded where
+    emulated) against the predictor's per-replica busy time of the same plan: what hetero learns from running its
+    plan, to re-plan with (a replica with a small batch share runs less efficiently per sample than the
+    predictor's linear FLOP/s calibration says)."""
+    from hetero.predictor import predict_detailed
+
+    pl = Plan.from_dict(plan)
+    rep = predict_detailed(cluster, cfg.spec(dtype="fp32"), pl)
+    ratios: dict[str, list[float]] = {}
+    for si, st in enumerate(pl.stages):
+        for d in range(st.dp):
+            pred = rep.simulations[d].busy[si]
+            for t in range(st.tp):
+                r = st.rank(d, t)
+                if pred > 0 and r < len(rank_busy) and rank_busy[r] > 0:
+                    ratios.setdefault(st.type_of(d), []).append(rank_busy[r] / pred)
+    return {k: sum(v) / len(v) for k, v in ratios.items()}
+
+
+def relative_factors(factors: dict[str, float], speeds: list[float]) -> dict[str, float]:
+    """Type factors relative to the fastest type's: the fast type keeps the calibration of its alone run (which
+    also carries the step's optimizer and overheads), the others learn how much slower than that they ran."""
+    ref = factors.get(_type_id(max(speeds)))
+    return {k: v / ref for k, v in factors.items()} if ref else dict(factors)
+
+
 def _best(old: dict | None, new: dict) -> dict:
     return new if old is None or new["samples_s"] > old["samples_s"] else old
 
@@ -209,17 +242,31 @@ def bench_mix(speeds: list[float], cfg: GPTConfig, args, tmp: Path, progress) ->
             if not candidates:
                 raise RuntimeError(f"mix {tag}: {results['planner']}")
         cdict = cluster_dict(speeds, flops=_flops(cfg, alone[max(speeds)]))
-        for k, plan in candidates.items():
+        todo = list(candidates)
+        while todo:
+            k = todo.pop(0)
             progress(f"{tag} round {rnd + 1}/{args.repeats}: (c) {k}")
-            measured[k] = _best(measured.get(k), run(plan, cdict, args, tmp, f"c-{tag}-{k}"))
+            out = run(candidates[k], cdict, args, tmp, f"c-{tag}-{k}")
+            measured[k] = _best(measured.get(k), out)
+            if rnd == 0 and k == "planner":  # calibrate each type on this run, then re-plan
+                factors = relative_factors(type_factors(cl0, cfg, candidates[k], out.get("rank_busy_s") or []),
+                                           speeds)
+                results["type_factors"] = factors
+                cal = Cluster.from_dict(cluster_dict(speeds, flops=_flops(cfg, alone[max(speeds)]), factors=factors))
+                replanned, _ = planner_plans(cal, cfg, gb)
+                if replanned and replanned["planner"]["stages"] != candidates["planner"]["stages"]:
+                    candidates["planner_calibrated"] = replanned["planner"]
+                    todo.append("planner_calibrated")
         progress(f"{tag} round {rnd + 1}/{args.repeats}: (b) naive even DP")
         naive_best = _best(naive_best, run(naive_plan, cdict, args, tmp, f"b-{tag}"))
-    # predictions on the cluster calibrated by the best fast-alone run
+    # predictions on the cluster calibrated by the best fast-alone run (the re-planned plan: and by the type factors
+    # measured on the first run of the planner's plan)
     flops = _flops(cfg, alone[max(speeds)])
     cluster = Cluster.from_dict(cluster_dict(speeds, flops=flops))
-    preds = {k: predict_step(cluster, cfg, v) for k, v in candidates.items()}
+    cal = Cluster.from_dict(cluster_dict(speeds, flops=flops, factors=results.get("type_factors")))
+    preds = {k: predict_step(cal if k == "planner_calibrated" else cluster, cfg, v) for k, v in candidates.items()}
     preds_naive = predict_step(cluster, cfg, naive_plan)
-    chosen = "planner"
+    chosen = "planner_calibrated" if "planner_calibrated" in candidates else "planner"
     sum_alone = sum(a["samples_s"] for a in alone.values())
     c, b = measured[chosen], naive_best
     results.update(

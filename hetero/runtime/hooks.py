@@ -97,7 +97,7 @@ class MetricsHook(Hooks):
         mfu_by_type = {t: (f / (step_s * p) if p > 0 and step_s > 0 else None) for t, (f, p) in mfu.items()}
         tokens = plan.global_batch * max(plan.seq_len, 1)
         rec = {"step": step, "loss": loss, "step_s": step_s, "tokens_s": tokens / step_s if step_s else 0.0,
-               "mfu": mfu_by_type, "stage_busy_s": stage_busy,
+               "mfu": mfu_by_type, "stage_busy_s": stage_busy, "rank_busy_s": [r[3] for r in rows],
                "predicted_step_s": self.prediction.step_time_s if self.prediction else None,
                "predicted_stage_busy_s": list(self.prediction.stage_busy_s) if self.prediction else None}
         self.records.append(rec)
@@ -120,6 +120,13 @@ class MetricsHook(Hooks):
         if not recs:
             return []
         return [sum(r["stage_busy_s"][s] for r in recs) / len(recs) for s in range(len(recs[0]["stage_busy_s"]))]
+
+    def measured_rank_busy(self) -> list[float]:
+        """Mean measured busy seconds (padded where emulated) per rank per step after warm-up (rank 0)."""
+        recs = self.records[self.warmup:] or self.records
+        if not recs:
+            return []
+        return [sum(r["rank_busy_s"][k] for r in recs) / len(recs) for k in range(len(recs[0]["rank_busy_s"]))]
 
     def stage_calibration(self) -> dict[str, float]:
         """Measured / predicted busy time per device type (mean over its stages), the factor by which the
