@@ -216,3 +216,27 @@ def test_per_node_counts_from_cluster(tmp_path):
         counts("--nnodes", "2")
     with pytest.raises(ConfigError, match="4 processes, but cluster node gpu has 8 devices"):
         counts("--nnodes", "3", "--nproc_per_node", "4")
+
+
+def test_type_calibration_is_measured_over_predicted_per_type():
+    """hooks.type_calibration: each rank's measured busy time over its replica's predicted one, averaged per type."""
+    from hetero.autoparallel.plan import Plan
+    from hetero.cluster.spec import Cluster
+    from hetero.models.gpt import GPTConfig
+    from hetero.predictor import predict_detailed
+    from hetero.runtime.hooks import type_calibration
+
+    cluster = Cluster.from_dict({"name": "c", "device_types": [{"id": "fast", "like": "cpu"},
+                                                               {"id": "half", "like": "cpu", "scale": 0.5}],
+                                 "nodes": [{"name": "a", "devices": {"type": "fast", "count": 1}},
+                                           {"name": "b", "devices": {"type": "half", "count": 1}}],
+                                 "network": {"bandwidth_gbps": 10}})
+    spec = GPTConfig(vocab=64, hidden=32, heads=4, num_layers=2, seq_len=16).spec(dtype="fp32")
+    plan = Plan.from_dict({"model": spec.name, "num_layers": 4, "global_batch": 12, "num_microbatches": 1,
+                           "seq_len": 16, "dtype": "fp32",
+                           "stages": [{"layers": [0, 4], "device_type": "fast", "ranks": [0, 1], "dp": 2,
+                                       "batch_shares": [8, 4], "replica_types": ["fast", "half"]}]})
+    pred = [s.busy[0] for s in predict_detailed(cluster, spec, plan).simulations]
+    got = type_calibration(cluster, spec, plan, [pred[0] * 0.9, pred[1] * 1.3])
+    assert got == pytest.approx({"fast": 0.9, "half": 1.3})
+    assert type_calibration(cluster, spec, plan, [pred[0]]) == pytest.approx({"fast": 1.0})  # a rank not measured

@@ -10,11 +10,11 @@ shared machine) is compared for:
       ranks share caches and memory bandwidth too); ``--alone-sequential`` runs them one at a time instead
   (b) the naive even split over all ranks (DP, equal batch shares: what a homogeneous runtime does)
   (c) hetero's plan: the planner's best (``hetero.autoparallel.search``, chosen by prediction: a pipeline with
-      uneven layers, or DP across the types with batch shares by speed), then re-planned once with each type's
-      measured / predicted busy time from the first run of that plan (``type_factors``: what running the plan
-      teaches about each type, e.g. that a small batch share runs less efficiently per sample); (c) is the
-      re-planned plan when it differs. The planner's first plan and its best pipeline plan are run too, for
-      reference
+      uneven layers, or DP across the types with batch shares by speed), re-planned once with each type's
+      measured / predicted compute time from the first run of that plan (``hetero.runtime.hooks.
+      type_calibration``, reported by examples/train_gpt.py, taken relative to the fast type: what running the
+      plan teaches about each type, e.g. that a small batch share runs less efficiently per sample); (c) is the
+      re-planned plan when it differs. The first plan and the best pipeline plan are run too, for reference
 
 Every configuration runs in ``--repeats`` interleaved rounds and keeps its best round (the machine is shared).
 Efficiency = (c) / sum of (a); speed-up = (c) / (b). Slower types are emulated by ``hetero.runtime.emulate`` (each
@@ -168,29 +168,10 @@ def predict_step(cluster: Cluster, cfg: GPTConfig, plan: dict) -> float:
     return predict(cluster, cfg.spec(dtype="fp32"), Plan.from_dict(plan)).step_time_s
 
 
-def type_factors(cluster: Cluster, cfg: GPTConfig, plan: dict, rank_busy: list[float]) -> dict[str, float]:
-    """Measured / predicted compute time per device type, from one run's per-rank busy seconds (padded where
-    emulated) against the predictor's per-replica busy time of the same plan: what hetero learns from running its
-    plan, to re-plan with (a replica with a small batch share runs less efficiently per sample than the
-    predictor's linear FLOP/s calibration says)."""
-    from hetero.predictor import predict_detailed
-
-    pl = Plan.from_dict(plan)
-    rep = predict_detailed(cluster, cfg.spec(dtype="fp32"), pl)
-    ratios: dict[str, list[float]] = {}
-    for si, st in enumerate(pl.stages):
-        for d in range(st.dp):
-            pred = rep.simulations[d].busy[si]
-            for t in range(st.tp):
-                r = st.rank(d, t)
-                if pred > 0 and r < len(rank_busy) and rank_busy[r] > 0:
-                    ratios.setdefault(st.type_of(d), []).append(rank_busy[r] / pred)
-    return {k: sum(v) / len(v) for k, v in ratios.items()}
-
-
 def relative_factors(factors: dict[str, float], speeds: list[float]) -> dict[str, float]:
-    """Type factors relative to the fastest type's: the fast type keeps the calibration of its alone run (which
-    also carries the step's optimizer and overheads), the others learn how much slower than that they ran."""
+    """A run's type calibration (``hetero.runtime.hooks.type_calibration``: measured / predicted compute per type)
+    relative to the fastest type's: the fast type keeps the calibration of its alone run (which also carries the
+    step's optimizer and overheads), the others learn how much slower than that they ran."""
     ref = factors.get(_type_id(max(speeds)))
     return {k: v / ref for k, v in factors.items()} if ref else dict(factors)
 
@@ -249,8 +230,7 @@ def bench_mix(speeds: list[float], cfg: GPTConfig, args, tmp: Path, progress) ->
             out = run(candidates[k], cdict, args, tmp, f"c-{tag}-{k}")
             measured[k] = _best(measured.get(k), out)
             if rnd == 0 and k == "planner":  # calibrate each type on this run, then re-plan
-                factors = relative_factors(type_factors(cl0, cfg, candidates[k], out.get("rank_busy_s") or []),
-                                           speeds)
+                factors = relative_factors(out.get("type_calibration") or {}, speeds)
                 results["type_factors"] = factors
                 cal = Cluster.from_dict(cluster_dict(speeds, flops=_flops(cfg, alone[max(speeds)]), factors=factors))
                 replanned, _ = planner_plans(cal, cfg, gb)

@@ -3,7 +3,9 @@
 :class:`MetricsHook` gathers, every step, each rank's measured compute time (``ParallelModel.busy_s``), and prints
 one line from rank 0: step, loss, tokens/s, MFU per device type, measured vs predicted step time and per-stage
 busy time. Measured stage times go to ``measured_stage_busy()`` (and a JSONL file) so the predictor can be
-calibrated against them (``hetero.predictor`` reads ``{"stage_busy_s": [...], "predicted_stage_busy_s": [...]}``).
+calibrated against them (``hetero.predictor`` reads ``{"stage_busy_s": [...], "predicted_stage_busy_s": [...]}``);
+``type_calibration()`` gives each device type's measured / predicted compute time over its ranks, the factor to
+re-plan with (a type's peak divided by it).
 
     hook = MetricsHook(pm, spec=cfg.spec(), cluster=cluster)
     for step in ...: hook.on_step_start(step); loss = pm.train_step(x, y); ...; hook.on_step_end(step, loss)
@@ -17,6 +19,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch.distributed as dist
+
+
+def type_calibration(cluster, spec, plan, rank_busy: list[float]) -> dict[str, float]:
+    """Measured / predicted compute seconds per device type: each rank's measured busy time per step
+    (``rank_busy[rank]``, padded where emulated) over the predictor's busy time of its replica and stage, averaged
+    over the type's ranks. Above 1: the type ran slower than predicted (for example a replica with a small batch
+    share, less efficient per sample than a linear FLOP/s calibration says)."""
+    from hetero.predictor import predict_detailed
+
+    rep = predict_detailed(cluster, spec, plan)
+    ratios: dict[str, list[float]] = {}
+    for si, st in enumerate(plan.stages):
+        for d in range(st.dp):
+            pred = rep.simulations[d].busy[si]
+            for t in range(st.tp):
+                r = st.rank(d, t)
+                if pred > 0 and r < len(rank_busy) and rank_busy[r] > 0:
+                    ratios.setdefault(st.type_of(d), []).append(rank_busy[r] / pred)
+    return {k: sum(v) / len(v) for k, v in ratios.items()}
 
 
 class Hooks:
@@ -127,6 +148,17 @@ class MetricsHook(Hooks):
         if not recs:
             return []
         return [sum(r["rank_busy_s"][k] for r in recs) / len(recs) for k in range(len(recs[0]["rank_busy_s"]))]
+
+    def type_calibration(self) -> dict[str, float]:
+        """:func:`type_calibration` of this run (rank 0; empty without a cluster and ModelSpec or records)."""
+        busy = self.measured_rank_busy()
+        if not busy or self.cluster is None or self.spec is None:
+            return {}
+        try:
+            return type_calibration(self.cluster, self.spec, self.rt.plan, busy)
+        except Exception as e:  # optional, like the prediction: say why it is missing
+            self.pred_error = f"{type(e).__name__}: {e}"
+            return {}
 
     def stage_calibration(self) -> dict[str, float]:
         """Measured / predicted busy time per device type (mean over its stages), the factor by which the
