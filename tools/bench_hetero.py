@@ -14,7 +14,8 @@ shared machine) is compared for:
       measured / predicted compute time from the first run of that plan (``hetero.runtime.hooks.
       type_calibration``, reported by examples/train_gpt.py, taken relative to the fast type: what running the
       plan teaches about each type, e.g. that a small batch share runs less efficiently per sample); (c) is the
-      re-planned plan when it differs. The first plan and the best pipeline plan are run too, for reference
+      re-planned plan when its predicted gain is at least ``--replan-min-gain`` (5%: the per-rank busy times of
+      one short run vary about that much here). The first plan and the best pipeline plan run too, for reference
 
 Every configuration runs in ``--repeats`` interleaved rounds and keeps its best round (the machine is shared).
 Efficiency = (c) / sum of (a); speed-up = (c) / (b). Slower types are emulated by ``hetero.runtime.emulate`` (each
@@ -65,6 +66,8 @@ def parse(argv=None):
                    help="run the types' alone runs (a) one after another instead of side by side")
     p.add_argument("--quick", action="store_true", help="smaller model (smoke test)")
     p.add_argument("--out", default=None, help="also write the JSON here")
+    p.add_argument("--replan-min-gain", type=float, default=0.05,
+                   help="re-plan from the first run's type calibration only for a predicted gain at least this")
     return p.parse_args(argv)
 
 
@@ -234,7 +237,12 @@ def bench_mix(speeds: list[float], cfg: GPTConfig, args, tmp: Path, progress) ->
                 results["type_factors"] = factors
                 cal = Cluster.from_dict(cluster_dict(speeds, flops=_flops(cfg, alone[max(speeds)]), factors=factors))
                 replanned, _ = planner_plans(cal, cfg, gb)
-                if replanned and replanned["planner"]["stages"] != candidates["planner"]["stages"]:
+                # adopt the new plan only for a predicted gain above what one short run's noise can fake
+                gain = (predict_step(cal, cfg, candidates["planner"]) / predict_step(cal, cfg, replanned["planner"])
+                        - 1.0) if replanned else 0.0
+                results["replan_predicted_gain"] = gain
+                if replanned and replanned["planner"]["stages"] != candidates["planner"]["stages"] \
+                        and gain >= args.replan_min_gain:
                     candidates["planner_calibrated"] = replanned["planner"]
                     todo.append("planner_calibrated")
         progress(f"{tag} round {rnd + 1}/{args.repeats}: (b) naive even DP")
