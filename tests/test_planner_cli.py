@@ -73,3 +73,34 @@ def test_console_script_and_subcommand():
     r = subprocess.run([sys.executable, "-m", "hetero.cli", "plan", "--help"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and "--gantt" in r.stdout
+
+
+def test_calibration_from_a_run_replans_for_the_devices_as_they_ran(tmp_path, capsys):
+    """--calibration: a run's type_calibration (measured / predicted compute per type) slows that type for the
+    planner; the predicted step grows and the slow type's work shrinks. Bad files and unknown types are errors."""
+    cluster = str(ROOT / "examples/clusters/cpu_mix.yaml")
+    args = ["--cluster", cluster, "--model", str(ROOT / "examples/models/gpt_tiny.yaml"), "--global-batch", "24",
+            "--dtype", "fp32", "--json", "--no-efficiency", "--quiet"]
+
+    def slow_share(data):
+        stages = data["plan"]["stages"]
+        if len(stages) == 1:  # DP across types: the slow replica's batch share
+            st = stages[0]
+            return st["batch_shares"][st["replica_types"].index("cpu-slow")] / sum(st["batch_shares"])
+        return sum(s["layers"][1] - s["layers"][0] for s in stages if s["device_type"] == "cpu-slow") / \
+            sum(s["layers"][1] - s["layers"][0] for s in stages)
+
+    assert main(args) == 0
+    base = json.loads(capsys.readouterr().out)
+    run_json = tmp_path / "run.json"
+    run_json.write_text("step 1 | ...\n" + json.dumps({"steps": 3, "type_calibration": {"cpu-slow": 3.0}}) + "\n")
+    assert main(args + ["--calibration", str(run_json)]) == 0
+    cal = json.loads(capsys.readouterr().out)
+    assert cal["summary"]["step_time_s"] > base["summary"]["step_time_s"]
+    assert slow_share(cal) < slow_share(base)
+    (tmp_path / "bad.json").write_text(json.dumps({"gpu-x": 2.0}))
+    assert main(args + ["--calibration", str(tmp_path / "bad.json")]) == 2
+    assert "no device type 'gpu-x'" in capsys.readouterr().err
+    (tmp_path / "junk.json").write_text("not json")
+    assert main(args + ["--calibration", str(tmp_path / "junk.json")]) == 2
+    assert "not a JSON object" in capsys.readouterr().err

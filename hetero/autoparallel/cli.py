@@ -22,6 +22,27 @@ from hetero.config import ConfigError
 GIB = 1024**3
 
 
+def load_calibration(path: str) -> dict[str, float]:
+    """{type: factor} from ``path``: a JSON object with ``type_calibration`` (a run's summary line; the last
+    line of a multi-line file counts) or the mapping itself."""
+    from pathlib import Path
+
+    try:
+        text = Path(path).read_text().strip()
+    except OSError as e:
+        raise ConfigError("--calibration", f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        data = json.loads(text.splitlines()[-1] if text else "")
+    except (json.JSONDecodeError, IndexError):
+        raise ConfigError("--calibration", f"{path}: the last line is not a JSON object") from None
+    if isinstance(data, dict) and "type_calibration" in data:
+        data = data["type_calibration"]
+    if not isinstance(data, dict) or not data or not all(isinstance(v, (int, float)) for v in data.values()):
+        raise ConfigError("--calibration", f"{path}: needs a {{type: factor}} object (or one under "
+                                           "'type_calibration'), got " + json.dumps(data)[:120])
+    return {str(k): float(v) for k, v in data.items()}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``hetero-plan`` / ``hetero plan``."""
     p.add_argument("--cluster", default=None, help="cluster YAML (required unless --rl)")
@@ -46,6 +67,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", action="append", default=[], metavar="[TYPE=]PATH",
                    help="device profile JSON from `hetero profile` (repeatable); TYPE= assigns it to a cluster type")
     p.add_argument("--check", default=None, metavar="PLAN", help="validate and predict this plan instead of searching")
+    p.add_argument("--calibration", default=None, metavar="JSON",
+                   help="per-type measured/predicted compute factors from a run (its JSON with a "
+                        "type_calibration object, e.g. examples/train_gpt.py's last line, or a plain "
+                        "{type: factor} object): plan for the devices as they ran")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -155,6 +180,10 @@ def run(args: argparse.Namespace) -> int:
     cluster = Cluster.from_yaml(args.cluster)
     model = ModelSpec.load(args.model, seq_len=args.seq)
     profiles = load_profiles(args.profile, cluster)
+    if args.calibration:
+        factors = load_calibration(args.calibration)
+        cluster = cluster.calibrated(factors)
+        profiles = {t: (p.scaled(device=t, scale=1.0 / factors[t]) if t in factors else p) for t, p in profiles.items()}
     if args.check:
         return _check(args, cluster, model, profiles, out)
     if args.global_batch is None:

@@ -396,6 +396,19 @@ class Cluster:
         return dataclasses.replace(self, name=f"{self.name}[{type_id}]", nodes=nodes,
                                    pair_links={k: v for k, v in self.pair_links.items() if set(k) <= names})
 
+    def calibrated(self, factors: dict[str, float]) -> Cluster:
+        """A copy whose device types run ``factors[type]`` times slower (FLOP/s and memory bandwidth divided):
+        measured / predicted compute time per type from a run (``hetero.runtime.hooks.type_calibration``), so
+        the planner re-plans with what the devices did rather than what their specs say."""
+        types = self.device_types()
+        for t, f in factors.items():
+            check(t in types, f"calibration.{t}", f"the cluster has no device type {t!r} (types: {', '.join(types)})")
+            check(isinstance(f, (int, float)) and f > 0, f"calibration.{t}", f"must be a number > 0, got {f!r}")
+        nodes = tuple(n if n.device_type.id not in factors else dataclasses.replace(
+            n, device_type=n.device_type.scaled(id=n.device_type.id, scale=1.0 / factors[n.device_type.id],
+                                                name=n.device_type.name)) for n in self.nodes)
+        return dataclasses.replace(self, nodes=nodes)
+
     # -- output
     def to_dict(self) -> dict:
         """The YAML schema form (round-trips through ``from_dict``)."""
