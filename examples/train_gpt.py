@@ -108,7 +108,7 @@ def main(argv=None) -> int:
         print(json.dumps({"steps": args.steps, "start": start, "losses": losses, "mean_step_s": hook.mean_step_s(),
                           "median_step_s": hook.median_step_s(), "step_s": [r["step_s"] for r in hook.records],
                           "stage_busy_s": hook.measured_stage_busy(), "rank_busy_s": hook.measured_rank_busy(),
-                          "calibration": hook.stage_calibration(), "type_calibration": hook.type_calibration(),
+                          "type_calibration": hook.type_calibration(),
                           "predicted_step_s": hook.prediction.step_time_s if hook.prediction else None}), flush=True)
     rt.shutdown()
     return 0

@@ -160,19 +160,6 @@ class MetricsHook(Hooks):
             self.pred_error = f"{type(e).__name__}: {e}"
             return {}
 
-    def stage_calibration(self) -> dict[str, float]:
-        """Measured / predicted busy time per device type (mean over its stages), the factor by which the
-        predictor's compute estimate for that type should be scaled (rank 0; empty without a prediction)."""
-        meas = self.measured_stage_busy()
-        pred = list(self.prediction.stage_busy_s) if self.prediction is not None else []
-        if not meas or len(pred) != len(meas):
-            return {}
-        ratios: dict[str, list[float]] = {}
-        for st, m, p in zip(self.rt.plan.stages, meas, pred):
-            if p > 0:
-                ratios.setdefault(st.device_type, []).append(m / p)
-        return {t: sum(v) / len(v) for t, v in ratios.items()}
-
     def median_step_s(self) -> float:
         """Median measured step seconds after warm-up (rank 0): robust to other load on the machine."""
         recs = sorted(r["step_s"] for r in (self.records[self.warmup:] or self.records))
