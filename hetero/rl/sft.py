@@ -24,7 +24,7 @@ import torch
 
 from hetero.models.vla import VLAPolicy
 from hetero.rl.config import RLConfig
-from hetero.rl.envs.metaworld import collect_demos
+from hetero.rl.envs import collect_demos
 from hetero.rl.policy import save_checkpoint
 
 
@@ -110,10 +110,7 @@ def run_sft(cfg: RLConfig, *, progress: bool = True) -> tuple[VLAPolicy, dict]:
     if cfg.benchmark == "libero":
         return scratch_model(cfg)
     torch.manual_seed(cfg.sft.seed)
-    collect = collect_demos
-    if cfg.benchmark == "maniskill":
-        from hetero.rl.envs.maniskill import collect_demos as collect
-    demos = collect(cfg.env, per_task=cfg.sft.demos_per_task, seed=cfg.sft.seed)
+    demos = collect_demos(cfg.env, per_task=cfg.sft.demos_per_task, seed=cfg.sft.seed)
     t_demo = time.time() - t0
     data = make_dataset(demos, cfg.policy.horizon)
     model = build_model(cfg, state_dim=data["state"].shape[1], action_dim=data["actions"].shape[2])

@@ -89,7 +89,7 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
 
     if tc.eval_every and not resumed:
         run_eval(0)
-    obs = env.reset(seed=tc.seed * 7919 + start_iter)
+    obs = env.reset(seed=tc.seed * 7919 + start_iter) if ac.name == "ppo" else None  # GRPO resets every iteration
     t_start = time.time()
     total_env_steps = 0
     with Progress(disable=not progress, transient=True) as bar:

@@ -115,11 +115,13 @@ class RankRunner:
     # -- env role
     def _env_start(self, j: int, it: int) -> None:
         tc = self.cfg.train
-        if j not in self.envs:
+        first = j not in self.envs
+        if first:
             self.envs[j] = make_microbatch_env(self.cfg.env, self.roles.slots(j))
-            self.obs[j] = self.envs[j].reset(seed=tc.seed * 7919)
         if self.cfg.algo.name == "grpo":  # every group restarts from one shared reset state, as in the trainer
             self.obs[j] = self.envs[j].reset(seed=tc.seed * 7919 + it)
+        elif first:
+            self.obs[j] = self.envs[j].reset(seed=tc.seed * 7919)
         self._ch("obs", j).send(j, {"obs": obs_to_torch(self.obs[j])})
 
     def _env_step(self, j: int) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,7 +71,7 @@ class MetricsHook(Hooks):
 
                 self.prediction = predict(cluster, spec, plan)
             except Exception as e:  # the predictor is optional for the metrics line; say why it is missing
-                self.pred_error = f"{type(e).__name__}: {e}"
+                warnings.warn(f"no predicted step time in the metrics: {type(e).__name__}: {e}", stacklevel=2)
         self.records: list[dict] = []
         self._t0 = 0.0
         self._flops = self._rank_flops()
@@ -135,19 +136,20 @@ class MetricsHook(Hooks):
         parts.append("stages " + "/".join(f"{b * 1e3:.0f}" for b in stage_busy) + " ms busy")
         self.printer(" | ".join(parts))
 
-    def measured_stage_busy(self) -> list[float]:
-        """Mean measured busy seconds per stage per step after warm-up (rank 0; empty elsewhere)."""
+    def _mean_after_warmup(self, key: str) -> list[float]:
+        """Element-wise mean of the records' ``key`` lists after warm-up (rank 0; empty elsewhere)."""
         recs = self.records[self.warmup:] or self.records
         if not recs:
             return []
-        return [sum(r["stage_busy_s"][s] for r in recs) / len(recs) for s in range(len(recs[0]["stage_busy_s"]))]
+        return [sum(r[key][i] for r in recs) / len(recs) for i in range(len(recs[0][key]))]
+
+    def measured_stage_busy(self) -> list[float]:
+        """Mean measured busy seconds per stage per step after warm-up (rank 0; empty elsewhere)."""
+        return self._mean_after_warmup("stage_busy_s")
 
     def measured_rank_busy(self) -> list[float]:
         """Mean measured busy seconds (padded where emulated) per rank per step after warm-up (rank 0)."""
-        recs = self.records[self.warmup:] or self.records
-        if not recs:
-            return []
-        return [sum(r["rank_busy_s"][k] for r in recs) / len(recs) for k in range(len(recs[0]["rank_busy_s"]))]
+        return self._mean_after_warmup("rank_busy_s")
 
     def type_calibration(self) -> dict[str, float]:
         """:func:`type_calibration` of this run (rank 0; empty without a cluster and ModelSpec or records)."""
@@ -157,7 +159,7 @@ class MetricsHook(Hooks):
         try:
             return type_calibration(self.cluster, self.spec, self.rt.plan, busy)
         except Exception as e:  # optional, like the prediction: say why it is missing
-            self.pred_error = f"{type(e).__name__}: {e}"
+            warnings.warn(f"no type calibration: {type(e).__name__}: {e}", stacklevel=2)
             return {}
 
     def median_step_s(self) -> float:

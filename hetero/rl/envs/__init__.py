@@ -26,6 +26,17 @@ def make_vec_env(cfg, *, start_method: str = "forkserver"):
     return _benchmark(cfg)[0].make_vec_env(cfg, start_method=start_method)
 
 
+def collect_demos(cfg, *, per_task: int, seed: int = 0) -> list[dict]:
+    """Scripted demonstrations of the benchmark ``cfg`` configures (Meta-World's expert policies, ManiSkill's motion
+    planner); ConfigError for a benchmark with none offline (LIBERO)."""
+    module = _benchmark(cfg)[0]
+    if not hasattr(module, "collect_demos"):
+        from hetero.config import ConfigError
+
+        raise ConfigError("benchmark", f"{module.__name__.rsplit('.', 1)[-1]} has no demonstrations offline")
+    return module.collect_demos(cfg, per_task=per_task, seed=seed)
+
+
 def slice_class(cfg) -> type:
     """The :class:`~hetero.rl.envs.base.EnvSlice` subclass of the benchmark ``cfg`` configures."""
     return _benchmark(cfg)[1]

@@ -297,8 +297,6 @@ class LiberoSlice(EnvSlice):
         return self._obs(raw), float(r), success, truncated and not success, success
 
 
-
-
 def make_vec_env(cfg: LiberoConfig, *, start_method: str = "forkserver") -> ChunkVecEnv:
     """A :class:`ChunkVecEnv` of LIBERO envs (call ``reset(seed)`` first); ImportError without the extra."""
     _require_libero()  # fail here, not as a worker traceback

@@ -192,8 +192,6 @@ class MetaWorldSlice(EnvSlice):
         return self._obs(j, state), reward, success, truncated and not success, success
 
 
-
-
 def make_vec_env(cfg: MetaWorldConfig, *, start_method: str = "forkserver") -> ChunkVecEnv:
     """A :class:`ChunkVecEnv` of Meta-World envs (call ``reset(seed)`` first)."""
     cfg.task_list()  # validate names before starting processes
