@@ -45,7 +45,7 @@ from typing import Literal
 import numpy as np
 
 from hetero.config import ConfigError, check
-from hetero.rl.envs.base import ChunkVecEnv, EnvSlice, SliceFactory
+from hetero.rl.envs.base import ChunkVecEnv, EnvSlice, SliceFactory, step_reward
 
 STATE_DIM = {"PickCube-v1": 42, "PushCube-v1": 35, "StackCube-v1": 48}
 """Length of ManiSkill's state observation of each supported task."""
@@ -212,11 +212,8 @@ class ManiSkillSlice(EnvSlice):
         state, r, _, _, info = self.envs[j].step(a)
         self.steps[j] += 1
         success = bool(info["success"])
-        if self.cfg.reward == "sparse":
-            reward = float(success)
-        else:  # normalized dense reward, an episode's worth <= 1; success pays what a perfect rest would have
-            t_max = self.cfg.max_episode_steps
-            reward = (float(r) + (float(t_max - self.steps[j]) if success else 0.0)) / t_max
+        reward = step_reward(self.cfg.reward, float(r), success=success, step=self.steps[j],  # normalized: <= 1
+                             max_steps=self.cfg.max_episode_steps)
         truncated = self.steps[j] >= self.cfg.max_episode_steps
         return self._obs(state), reward, success, truncated and not success, success
 
@@ -229,8 +226,6 @@ class ManiSkillSlice(EnvSlice):
         arm = self.envs[j].unwrapped.agent.controller.controllers["arm"]
         return (arm.action_space_low.cpu().numpy().astype(np.float64),
                 arm.action_space_high.cpu().numpy().astype(np.float64))
-
-
 
 
 def make_vec_env(cfg: ManiSkillConfig, *, start_method: str = "forkserver") -> ChunkVecEnv:

@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 
 from hetero.config import ConfigError, check
-from hetero.rl.envs.base import ChunkVecEnv, EnvSlice, SliceFactory
+from hetero.rl.envs.base import ChunkVecEnv, EnvSlice, SliceFactory, step_reward
 
 MT10 = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
         "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"]
@@ -182,12 +182,8 @@ class MetaWorldSlice(EnvSlice):
         state, r, _, _, info = self.envs[j].step(np.clip(action, -1.0, 1.0))
         self.steps[j] += 1
         success = bool(info["success"] > 0)
-        if self.cfg.reward == "sparse":
-            reward = float(success)
-        else:  # shaped reward, an episode's worth <= 1; success pays what a perfect rest of the episode would
-            # have, so ending the episode by succeeding never earns less than lingering near the goal
-            t_max = self.cfg.max_episode_steps
-            reward = (float(r) / 10.0 + (float(t_max - self.steps[j]) if success else 0.0)) / t_max
+        reward = step_reward(self.cfg.reward, float(r) / 10.0, success=success, step=self.steps[j],  # r <= 10
+                             max_steps=self.cfg.max_episode_steps)
         truncated = self.steps[j] >= self.cfg.max_episode_steps
         return self._obs(j, state), reward, success, truncated and not success, success
 
