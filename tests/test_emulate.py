@@ -158,3 +158,50 @@ def test_worker_assignment_pins_emulated_ranks(tmp_path):
     assert [g["HETERO_EMULATE_PHASE"] for g in got] == ["0", "0", "1"]
     assert "HETERO_EMULATE_CPUS" not in assignment({"RANK": "0", "LOCAL_WORLD_SIZE": "3", "HETERO_CLUSTER": str(c),
                                                     "HETERO_EMULATE": "1", "HETERO_EMULATE_CPUS": "0"})
+
+
+def test_kinds_are_padded_from_their_own_fastest_block_and_slowdown_one_is_a_no_op():
+    emu = Emulator(slowdown=2.0)
+    for _ in range(2):
+        with emu.compute(kind="short"):
+            _busy(0.005)
+        t0 = time.perf_counter()
+        with emu.compute(kind="long"):
+            _busy(0.02)
+        long_s = time.perf_counter() - t0
+    # the long kind is padded from its own 20 ms, not from the 5 ms of the short kind
+    assert 0.04 - 2e-3 <= long_s <= 0.04 + 0.03
+    one = Emulator(slowdown=1.0)
+    with one.compute(kind="x"):
+        _busy(0.005)
+    assert one.compute_s == 0.0 and one.padded_s == 0.0
+
+
+def test_pad_cpu_pads_to_slowdown_times_cpu_time_not_wall_time():
+    emu = Emulator(slowdown=3.0)
+    t0 = time.perf_counter()
+    got = emu.pad_cpu(0.01, 0.004)  # a block that waited 6 ms of its 10 ms (another process had the core)
+    total = time.perf_counter() - t0
+    assert 0.012 - 1e-3 <= got <= 0.012 + 0.03 and 0.002 - 1e-3 <= total <= 0.002 + 0.03
+    assert emu.pad_cpu(0.02, 0.004) == 0.02  # already later than 3 x its CPU time: not padded
+    with pytest.raises(ValueError):
+        emu.pad_cpu(-1.0, 0.0)
+
+
+def test_worker_assignment_pins_ranks_given_slowdowns_by_rank():
+    import os
+
+    from hetero.runtime.worker import assignment
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs 2 cores")
+    env = {"LOCAL_WORLD_SIZE": "4", "HETERO_SLOWDOWN_BY_RANK": "2,2,2,2"}
+    got = [assignment({**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(4)]
+    assert [g["HETERO_SLOWDOWN"] for g in got] == ["2"] * 4
+    pinned = [g["HETERO_EMULATE_CPUS"] for g in got]
+    assert sorted(pinned) == sorted([str(cpus[0]), str(cpus[0]), str(cpus[1]), str(cpus[1])])  # two per core
+    assert all("HETERO_EMULATE_CPUS" not in assignment({**env, "HETERO_SLOWDOWN_BY_RANK": "1,1,1,1", "RANK": str(r),
+                                                        "LOCAL_RANK": str(r)}) for r in range(4))  # do not fit
+    with pytest.raises(ConfigError, match="HETERO_SLOWDOWN_BY_RANK"):
+        assignment({**env, "HETERO_SLOWDOWN_BY_RANK": "2,x", "RANK": "0", "LOCAL_RANK": "0"})

@@ -155,3 +155,51 @@ def test_shared_host_cores_bound_the_phases():
     work = 3 * 4 * (0.01 * 2 + 0.005 * 2)  # T x k micro-batch steps of env + inference, all on the host
     assert p.rollout_s == pytest.approx(max(free.rollout_s, work / 2))
     assert p.rollout_s > free.rollout_s and p.train_s == pytest.approx(4 * 0.001 * 6 / 2)
+
+
+def test_update_steps_and_link_price_the_update_and_weight_sync():
+    from hetero.cluster.spec import Link
+    from hetero.predictor.comm import allreduce_time, broadcast_time
+
+    link = {"fabric": "eth", "bandwidth": 1e9, "latency": 1e-4}
+    d = {"devices": [{"type": "cpu", "count": 4}],
+         "workload": {"num_envs": 8, "rollout_chunks": 3, "update_steps": 4, "grad_bytes": 4e6, "weight_bytes": 8e6},
+         "profiles": {"cpu": {"env": {"per_item_s": 0.01}, "rollout": {"per_item_s": 0.002},
+                              "actor": {"fixed_s": 0.05, "per_item_s": 0.001}, "sync_s": 0.003}},
+         "link": link}
+    cfg = S.build(S.SchedulerConfig, d)
+    L = Link(**link)
+    col = RolePlan.from_dict({"mode": "collocated", "num_envs": 8, "k": 4, "env": {"ranks": [0, 1, 2, 3]},
+                              "rollout": {"ranks": [0, 1, 2, 3]}, "actor": {"ranks": [0, 1, 2, 3]}})
+    p = S.predict(col, cfg)
+    # every actor rank takes all 4 optimizer steps on a quarter of the 24 samples, and all-reduces each step
+    steps = 4 * (allreduce_time(4e6, 4, L) + allreduce_time(40, 4, L))
+    assert p.train_s == pytest.approx(4 * 0.05 + 0.001 * 6 + steps)
+    assert p.sync_s == pytest.approx(0.003 + broadcast_time(8e6, 4, L))
+    one = RolePlan.from_dict({"mode": "disaggregated", "num_envs": 8, "k": 1, "env": {"ranks": [0]},
+                              "rollout": {"ranks": [1]}, "actor": {"ranks": [2]}})
+    q = S.predict(one, cfg)
+    assert q.train_s == pytest.approx(4 * 0.05 + 0.001 * 24)  # one actor rank: no all-reduce
+    assert q.sync_s == pytest.approx(0.003 + broadcast_time(8e6, 2, L))
+    no_link = S.build(S.SchedulerConfig, {k: v for k, v in d.items() if k != "link"})
+    assert S.predict(col, no_link).train_s == pytest.approx(4 * 0.05 + 0.001 * 6)
+    with pytest.raises(ConfigError, match="workload.update_steps: must be >= 1"):
+        S.build(S.SchedulerConfig, {**d, "workload": {**d["workload"], "update_steps": 0}})
+
+
+def test_measure_profile_times_every_microbatch_and_fits_the_update_per_step(tmp_path):
+    import torch
+
+    from hetero.models.vla import VLAPolicy
+    from hetero.rl.config import load_config
+    from hetero.rl.policy import save_checkpoint
+
+    cfg = load_config("examples/rl/system_tiny.yaml", [f"train.init_checkpoint={tmp_path / 'init.pt'}",
+                                                        "env.max_episode_steps=10"])
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "init.pt", model=VLAPolicy(cfg.policy.vla_config(state_dim=39, action_dim=4,
+                                                                                num_cameras=0, image_size=64)))
+    lines = []
+    prof = S.measure_profile(cfg, sizes=[2, 4], sample_sizes=[8, 16], repeats=2, slowdown=2.0, log=lines.append)
+    assert prof.env.per_item_s > 0 and prof.rollout(4) > 0 and prof.actor.per_item_s + prof.actor.fixed_s > 0
+    assert prof.switch_s > 0 and prof.sync_s > 0 and "slowdown 2.0" in lines[0]

@@ -1,27 +1,33 @@
 """Benchmark of the RL system on Meta-World with the flow-VLA policy: placement modes, pipelining and the scheduler.
 
-    python tools/bench_rl_system.py [--config examples/rl/system_bench.yaml] [--devices 3] [--iterations 4]
+    python tools/bench_rl_system.py [--config examples/rl/system_bench.yaml] [--devices 4] [--slowdown 2]
 
-In one run: (1) profile the roles on this machine (env chunk-step, policy sample, PPO update; offload and flatten
-costs) with ``hetero.rl.scheduler.measure_profile``, and the effective cores the ranks share (a fixed CPU loop alone
-vs in N concurrent copies; with ``--shared-host`` the cost model bounds each phase by its CPU work over them); (2) run the RL system (``hetero-run``, one rank per device,
-hetero communicator) in: collocated sequential (all roles on all ranks, k=1: one rank alternates simulation and
-inference), disaggregated pipelined env | rollout | actor with k = 1, 2, 4, and the scheduler's choice for these
-devices; (3) report env-steps/s and samples/s of each (mean over iterations after the first, which includes
-start-up), the predicted iteration time of each placement against the measured one. Last line, one JSON object:
-``{"pipeline_speedup": best pipelined k>1 / collocated sequential throughput, "scheduler_vs_best": measured time
-of the scheduler's choice / best measured time, "pred_error": mean |predicted - measured| / measured, "modes": {...}}`` plus the same error under the other
-model of the ranks (``pred_error_other_model``: the shared-host bound by default, independent devices with
-``--shared-host``); when that model picks another placement it is run too.
+In one run: (1) profile the roles on this machine, alone and one thread (env chunk-step, policy sample, PPO update;
+offload and flatten costs) with ``hetero.rl.scheduler.measure_profile``; (2) run the RL system (``hetero-run``, one
+rank per device, hetero communicator) in: collocated sequential (all roles on all ranks, k=1: one rank alternates
+simulation and inference), disaggregated pipelined env | rollout | actor with k = 1, 2, 4, and the scheduler's
+choice for these devices; (3) report env-steps/s and samples/s of each (mean over iterations after the first,
+which includes start-up), the predicted iteration time of each placement against the measured one. Last line, one
+JSON object: ``{"pipeline_speedup": collocated sequential time / best pipelined k>1 time, "scheduler_vs_best":
+measured time of the scheduler's choice / best measured time, "pred_error": mean |predicted - measured| /
+measured, "modes": {...}}``.
 
-CPU-only caveat: every "device" is a CPU process on a shared machine, so pipelining overlaps simulation with
-inference only as far as free cores allow; ``uptime`` is printed with the result.
+Devices on a CPU-only machine: each rank emulates a device ``--slowdown`` times slower than one core of this
+machine (``hetero.runtime.emulate``: policy sampling, value and PPO forward/backward and optimizer steps in the rank
+are padded with sleep to ``slowdown x`` the fastest block of their kind, every env reset / step in its simulator
+processes to ``slowdown x`` its CPU time, since its work varies), and the ranks are pinned two to a core so that
+their duty cycles fit (default slowdown 1.5 x ranks / cores: the padded work fills 2/3 of the cores, leaving room
+for what is not padded; ``--slowdown 1`` runs them unpadded, contending).
+The profile is taken alone on the same emulated device (padded the same way), and the collectives of the update
+and the weight sync are priced by the predictor over a link fitted to gloo between this many local ranks; channel
+messages are timed by a ping-pong between two ranks.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -38,26 +44,48 @@ def _init_checkpoint(cfg_path: str, path: Path) -> None:
     subprocess.run([sys.executable, "-c", code, cfg_path, str(path)], check=True, timeout=300)
 
 
-_SPIN = ("import sys, time, torch\ntorch.set_num_threads(1)\na = torch.randn(192, 192)\n"
-         "time.sleep(max(0.0, float(sys.argv[1]) - time.time()))\nt = time.perf_counter()\n"
-         "for _ in range(N):\n    a = torch.tanh(a @ a)\nprint(time.perf_counter() - t)\n")
+_PINGPONG = """
+import sys, time, torch
+from datetime import timedelta
+import hetero.communicator as hc
+from hetero.rl.channel import P2PChannel
+torch.set_num_threads(1)
+rank, port, m, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+hc.init_process_group(init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, device_type="cpu",
+                      device="cpu", timeout=timedelta(seconds=60))
+up, down = P2PChannel(rank=rank, src=0, dst=1, capacity=4, tag_base=1), P2PChannel(rank=rank, src=1, dst=0,
+                                                                                 capacity=4, tag_base=2)
+obs = {"obs": {"state": torch.randn(m, 39), "instruction": ["pick up the block"] * m}, "reward": torch.zeros(m),
+       "done": torch.zeros(m, dtype=torch.bool), "episodes": [], "env_steps": 5 * m}
+act = {"actions": torch.randn(m, 5, 4)}
+for i in range(n + 5):
+    if i == 5:
+        t0 = time.perf_counter()
+    if rank == 0:
+        up.send(0, obs)
+        down.recv(0)
+    else:
+        up.recv(0)
+        down.send(0, act)
+if rank == 0:
+    print((time.perf_counter() - t0) / (2 * n))
+up.close(); down.close()
+torch.distributed.barrier(); torch.distributed.destroy_process_group()
+"""
 
 
-def effective_cores(procs: int, iters: int = 1500) -> tuple[float, float, float]:
-    """How many cores ``procs`` concurrent one-thread processes really get now: ``procs * t1 / t_procs`` from the
-    time of a fixed CPU loop alone (t1) and in each of ``procs`` concurrent copies (t_procs). Returns
-    (effective cores, t1, t_procs)."""
-    code = _SPIN.replace("N", str(iters))
+def channel_message_s(m: int, n: int = 200) -> float:
+    """Seconds of one RL channel message (an observation or action message of ``m`` envs) between two local
+    ranks over the hetero communicator: half the mean round trip of ``n`` ping-pongs."""
+    from hetero.runtime.testing import free_port
 
-    def run(n):
-        start = time.time() + 8.0  # every copy starts its loop at the same moment, after its imports
-        ps = [subprocess.Popen([sys.executable, "-c", code, str(start)], stdout=subprocess.PIPE, text=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(n)]
-        return max(float(p.communicate(timeout=300)[0]) for p in ps)
-
-    t1 = run(1)
-    tp = run(procs)
-    return min(float(procs), procs * t1 / tp), t1, tp
+    port = str(free_port())
+    ps = [subprocess.Popen([sys.executable, "-c", _PINGPONG, str(r), port, str(m), str(n)], stdout=subprocess.PIPE,
+                           text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}) for r in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in ps]
+    if any(p.returncode for p in ps):
+        raise SystemExit("channel ping-pong failed")
+    return float(outs[0].strip().splitlines()[-1])
 
 
 def _roles(mode: str, k: int, n: int, num_envs: int) -> dict:
@@ -74,23 +102,33 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="examples/rl/system_bench.yaml", help="RL run YAML")
     p.add_argument("--devices", type=int, default=4, help="CPU ranks (world size of each run)")
-    p.add_argument("--iterations", type=int, default=4, help="RL iterations per run (the first is not timed)")
+    p.add_argument("--slowdown", type=float, default=None,
+                   help="each rank emulates a device this many times slower than a core (default: 1.5 x ranks / "
+                        "cores of this machine, at least 1: the ranks' padded work fills 2/3 of the cores, leaving "
+                        "room for what is not padded: messages, pickling, the launcher)")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="RL iterations per run; the first is not timed (default: 1 + enough to time whole episodes, "
+                        "so that the env resets a run pays match the profile's, at most 9)")
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4], help="k of the disaggregated runs")
     p.add_argument("--out", default="runs/bench_rl_system", help="work directory")
-    p.add_argument("--transfer-ms", type=float, default=2.0,
-                   help="assumed cost of one channel message between ranks for the cost model (ms)")
+    p.add_argument("--transfer-ms", type=float, default=None,
+                   help="cost of one channel message between ranks for the cost model, ms (default: measured, a "
+                        "ping-pong of observation / action messages between two ranks)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per system run")
-    p.add_argument("--shared-host", action="store_true",
-                   help="bound each phase by its CPU work over the measured effective cores (default: the ranks are "
-                        "modelled as independent devices)")
     a = p.parse_args(argv)
     from rich.progress import Progress
 
     from hetero.autoparallel.roles import RolePlan
+    from hetero.cluster.spec import Link
     from hetero.config import build
+    from hetero.predictor.microbench import run_collectives
+    from hetero.predictor.profile import fit_op_link
     from hetero.rl.config import load_config
-    from hetero.rl.scheduler import SchedulerConfig, measure_profile, predict, schedule, to_plan
+    from hetero.rl.policy import load_checkpoint
+    from hetero.rl.scheduler import SchedulerConfig, fit_linear, measure_profile, predict, schedule, to_plan
     from hetero.rl.system import launch, read_metrics
+    from hetero.rl.update import make_optimizer
+    from hetero.rl.weightsync import flatten
 
     out = Path(a.out)
     ckpt = out / "init.pt"
@@ -100,39 +138,65 @@ def main(argv=None) -> int:
     n_env, T = cfg.env.num_envs, cfg.algo.rollout_chunks
     samples = n_env * T
     t0 = time.time()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    slowdown = a.slowdown if a.slowdown is not None else max(1.0, 1.5 * a.devices / cores)
+    episode = -(-cfg.env.max_episode_steps // cfg.sampler.chunk)  # chunk-steps per episode
+    iterations = a.iterations or 1 + min(8, math.lcm(T, episode) // T)
+    if slowdown < 1.0:
+        raise SystemExit(f"--slowdown must be >= 1, got {slowdown}")
+    print(f"{a.devices} ranks on {cores} cores: each emulates a device {slowdown:g}x slower than a core "
+          f"(CPU demand {a.devices / slowdown:.2f} cores); {iterations} iterations per run, the first not timed",
+          flush=True)
     prof = measure_profile(cfg, sizes=sorted({n_env // k for k in a.ks}), sample_sizes=[samples // 4, samples // 2,
-                                                                                          samples])
-    cores, t1, tp = effective_cores(a.devices)
-    print(f"effective host cores for {a.devices} concurrent ranks: {cores:.2f} (fixed CPU loop {t1:.2f} s alone, "
-          f"{tp:.2f} s with {a.devices} copies)", flush=True)
+                                                                                          samples], slowdown=slowdown)
+    # the collectives of the update and the weight sync, priced by the predictor over a link fitted to gloo's
+    # all-reduce between this many local processes
+    model, _ = load_checkpoint(str(ckpt))
+    opt, _, _ = make_optimizer(model, cfg)
+    n_train = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    grad_bytes = 4 * (n_train + len([p for g in opt.param_groups for p in g["params"]]))
+    weight_bytes = 4 * flatten(model).numel()
+    update_steps = cfg.algo.update_epochs * math.ceil(samples / cfg.algo.minibatch_size)
+    coll, _, _ = run_collectives([2**18, 2**20, 2**22], world_size=a.devices, timeout=300)
+    alpha, bw = fit_op_link(coll, "all_reduce")
+    link = Link(fabric="gloo-local", bandwidth=bw, latency=alpha)
+    print(f"gloo all-reduce over {a.devices} local ranks: alpha {alpha * 1e6:.0f} us, {bw / 1e9:.2f} GB/s; "
+          f"{update_steps} optimizer steps of {grad_bytes / 2**20:.2f} MiB gradients, weights "
+          f"{weight_bytes / 2**20:.2f} MiB", flush=True)
+    if a.transfer_ms is None:
+        sizes = sorted({n_env // k for k in a.ks})
+        msg = [channel_message_s(m) for m in sizes]
+        fit = fit_linear([float(m) for m in sizes], msg)
+        transfer = {"fixed_s": fit.fixed_s, "per_item_s": fit.per_item_s}
+        print("channel message (obs / actions) between two ranks: " + ", ".join(
+            f"{m} envs {t * 1e3:.2f} ms" for m, t in zip(sizes, msg)), flush=True)
+    else:
+        transfer = {"fixed_s": a.transfer_ms / 1e3, "per_item_s": 0.0}
+    job_env = {"HETERO_SLOWDOWN_BY_RANK": ",".join([f"{slowdown:g}"] * a.devices)} if slowdown > 1 else {}
     base = {
         "devices": [{"type": "cpu", "count": a.devices}],
-        "workload": {"num_envs": n_env, "rollout_chunks": T, "transfer": {"fixed_s": a.transfer_ms / 1e3,
-                                                                          "per_item_s": 0.0}},
+        "workload": {"num_envs": n_env, "rollout_chunks": T, "transfer": transfer,
+                     "update_steps": update_steps, "grad_bytes": grad_bytes, "weight_bytes": weight_bytes},
+        "link": {"fabric": link.fabric, "bandwidth": link.bandwidth, "latency": link.latency},
         "profiles": {"cpu": {"env": vars(prof.env), "rollout": vars(prof.rollout), "actor": vars(prof.actor),
                              "switch_s": prof.switch_s, "sync_s": prof.sync_s}},
         "k_choices": sorted(set(a.ks) | {1, 2, 4, 8})}
-    sc = build(SchedulerConfig, {**base, "host_cores": cores if a.shared_host else 0.0})
-    other = build(SchedulerConfig, {**base, "host_cores": 0.0 if a.shared_host else cores})
+    sc = build(SchedulerConfig, base)
     best, runner = schedule(sc)
-    alt, _ = schedule(other)  # the choice of the other model of the ranks (independent devices / shared host)
     runs = [("collocated_seq", RolePlan.from_dict(_roles("collocated", 1, a.devices, n_env)))]
     runs += [(f"disaggregated_k{k}", RolePlan.from_dict(_roles("disaggregated", k, a.devices, n_env))) for k in a.ks]
     runs.append(("scheduler", best))
-    if alt.describe() != best.describe():
-        runs.append(("scheduler_other_model", alt))
     modes = {}
     with Progress(transient=True) as bar:
         task = bar.add_task("RL system runs", total=len(runs))
         for name, rp in runs:
-            pred_other = predict(rp, other).iteration_s
             rp.predicted = predict(rp, sc)
             plan = out / f"plan_{name}.yaml"
             to_plan(rp, samples=samples).to_file(plan)
             d = out / name
-            res = launch(["--config", a.config, "--plan", str(plan), "--iterations", str(a.iterations), "--out",
+            res = launch(["--config", a.config, "--plan", str(plan), "--iterations", str(iterations), "--out",
                           str(d), *sum([["--set", s] for s in sets], [])], world_size=rp.world_size,
-                         timeout_s=a.timeout, capture=True)
+                         timeout_s=a.timeout, capture=True, env=job_env)
             if res.returncode != 0:
                 print(res.stdout[-2000:], res.stderr[-4000:], file=sys.stderr)
                 raise SystemExit(f"run {name} failed")
@@ -141,9 +205,8 @@ def main(argv=None) -> int:
             env_sps = sum(r["env_steps"] for r in recs) / sum(r["iter_s"] for r in recs)
             modes[name] = {"placement": rp.describe(), "measured_iter_s": it_s,
                            "predicted_iter_s": rp.predicted.iteration_s,
+                           "predicted_rollout_s": rp.predicted.rollout_s, "predicted_train_s": rp.predicted.train_s,
                            "pred_error": abs(rp.predicted.iteration_s - it_s) / it_s,
-                           "predicted_other_model_s": pred_other,
-                           "pred_error_other_model": abs(pred_other - it_s) / it_s,
                            "env_steps_per_s": env_sps, "samples_per_s": samples / it_s,
                            "switch_mib": max(r["switch_bytes"] for r in recs) / 2**20,
                            "rollout_s": sum(r["rollout_s"] for r in recs) / len(recs),
@@ -165,10 +228,8 @@ def main(argv=None) -> int:
                       "pred_error": sum(m["pred_error"] for m in modes.values()) / len(modes), "modes": modes,
                       "profile": {"env": vars(prof.env), "rollout": vars(prof.rollout), "actor": vars(prof.actor),
                                   "switch_s": prof.switch_s, "sync_s": prof.sync_s},
-                      "pred_error_other_model": sum(m["pred_error_other_model"] for m in modes.values()) / len(modes),
-                      "model": "shared host" if sc.host_cores else "independent devices",
-                      "host_cores": sc.host_cores, "effective_cores": cores, "load_average": load, "devices": a.devices,
-                      "iterations": a.iterations}))
+                      "link": {"latency_s": alpha, "bandwidth": bw}, "slowdown": slowdown, "cores": cores, "load_average": load, "devices": a.devices,
+                      "iterations": iterations}))
     return 0
 
 

@@ -2,9 +2,9 @@
 
 Inputs (a YAML, see ``examples/rl/system_*.yaml``): the device pools (type, count), the workload (env batch, chunk
 steps per iteration, transfer cost per message) and a profile per device type: the cost of one env chunk-step of
-``n`` env slots, of one policy ``sample`` of ``n`` observations, of the whole update over ``n`` samples, of a
-context switch and of a weight sync, each ``fixed_s + per_item_s * n``. Profiles are measured on this machine by
-:func:`measure_profile` (``tools/bench_rl_system.py`` does that) or written by hand / synthesised for tests.
+``n`` env slots, of one policy ``sample`` of ``n`` observations (each ``fixed_s + per_item_s * n``), of the
+update (``fixed_s`` per optimizer step + ``per_item_s`` per sample), of a context switch and of a weight sync.
+Profiles are measured on this machine by :func:`measure_profile` (``tools/bench_rl_system.py`` does that) or written by hand / synthesised for tests.
 
 Cost model (:func:`predict`) of one iteration = rollout phase + actor update + weight sync + context switches:
 
@@ -12,11 +12,13 @@ Cost model (:func:`predict`) of one iteration = rollout phase + actor update + w
   inference R(j, t) on its rollout rank after the observation arrives, then env step E(j, t) on its env rank after
   the actions arrive; a rank runs its tasks in program order. Sequential roles on one rank add up (collocated =
   sum of role times); on separate ranks it is a pipeline: warm-up + bottleneck stage x micro-batches;
-- update: the slowest actor rank on its equal share of the samples (data parallel);
+- update: the slowest actor rank on its equal share of the samples (data parallel), plus, with several actor
+  ranks, one gradient all-reduce per optimizer step over ``link`` (:func:`hetero.predictor.comm.allreduce_time`);
 - shared host (``host_cores`` > 0, CPU ranks emulating devices on one machine): each phase lasts at least its
   total CPU work divided by the effective cores;
 - switch: ranks that hold both the rollout and the actor model offload one and reload the other twice per
-  iteration; sync: one actor -> rollout broadcast per iteration.
+  iteration; sync: one actor -> rollout broadcast per iteration (flattening the weights, from the profile, plus
+  the broadcast of ``weight_bytes`` over ``link``).
 
 Search (:func:`search`): every rank takes a non-empty subset of {env, rollout, actor}; ranks of one type are
 interchangeable, so the search enumerates per type how many ranks take each role subset (multisets, not rank
@@ -39,7 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hetero.autoparallel.roles import Mode, RoleAssignment, RolePlan, RolePrediction
+from hetero.cluster.spec import Link
 from hetero.config import ConfigError, build, check, load_yaml, under_file
+from hetero.predictor.comm import allreduce_time, broadcast_time
 
 MODES: tuple[Mode, ...] = ("collocated", "disaggregated", "hybrid")
 # the 7 non-empty role subsets a rank can take, as (env, rollout, actor) flags
@@ -72,7 +76,8 @@ class DeviceProfile:
     rollout: LinearCost
     """One policy sample (denoising chain + value) of n observations."""
     actor: LinearCost
-    """The whole update (all epochs) over n samples."""
+    """The update: ``fixed_s`` per optimizer step (``workload.update_steps`` of them, on every actor rank) plus
+    ``per_item_s`` per sample of the rank's share."""
     switch_s: float = 0.0
     """One context switch pair (offload one model, reload the other) on this type."""
     sync_s: float = 0.0
@@ -109,10 +114,20 @@ class Workload:
     """Chunk-steps per env per iteration (T)."""
     transfer: LinearCost = field(default_factory=lambda: LinearCost(per_item_s=0.0))
     """One message between two ranks carrying n samples (obs, actions or trajectories)."""
+    update_steps: int = 1
+    """Optimizer steps per iteration (update epochs x minibatches); each all-reduces the gradients over the actor
+    ranks when there are several."""
+    grad_bytes: float = 0.0
+    """Bytes of gradients all-reduced per optimizer step (the trainable parameters)."""
+    weight_bytes: float = 0.0
+    """Bytes of the policy's weights broadcast actor -> rollout after each update."""
 
     def __post_init__(self):
         check(self.num_envs >= 1, "num_envs", "must be >= 1")
         check(self.rollout_chunks >= 1, "rollout_chunks", "must be >= 1")
+        check(self.update_steps >= 1, "update_steps", "must be >= 1")
+        check(self.grad_bytes >= 0, "grad_bytes", "must be >= 0")
+        check(self.weight_bytes >= 0, "weight_bytes", "must be >= 0")
 
 
 @dataclass(kw_only=True)
@@ -131,6 +146,9 @@ class SchedulerConfig:
     """Micro-batch counts to consider (those not dividing num_envs are skipped)."""
     rl_config: str = ""
     """RL run config (``examples/rl/*.yaml``) the system runs with this placement (optional)."""
+    link: Link | None = None
+    """Link between the ranks (bandwidth bytes/s, latency s) for the gradient all-reduce and the weight broadcast;
+    null: those collectives cost nothing beyond the profile's flatten time."""
     host_cores: float = 0.0
     """Effective CPU cores shared by all CPU ranks and env simulation (e.g. several CPU "devices" emulated on one
     host); a phase then lasts at least its total CPU work / host_cores. 0: every rank is its own device."""
@@ -217,15 +235,25 @@ def predict(rp: RolePlan, cfg: SchedulerConfig) -> RolePrediction:
         done = max(done, t_j)
     samples = wl.num_envs * T
     n_a = len(rp.actor.ranks)
-    train = max(prof[types[a]].actor(samples / n_a) for a in rp.actor.ranks)
+    def update(a: int) -> float:  # every actor rank takes every optimizer step, on its share of the samples
+        c = prof[types[a]].actor
+        return wl.update_steps * c.fixed_s + c.per_item_s * samples / n_a
+
+    train = max(update(a) for a in rp.actor.ranks)
+    if cfg.link is not None and n_a > 1:  # per optimizer step: the gradients, then the 5 loss statistics
+        train += wl.update_steps * (allreduce_time(wl.grad_bytes, n_a, cfg.link) + allreduce_time(40, n_a, cfg.link))
     if cfg.host_cores > 0:  # shared host: a phase cannot beat its CPU work spread over the cores
         done = max(done, host_work / cfg.host_cores)
-        cpu_train = sum(prof[types[a]].actor(samples / n_a) for a in rp.actor.ranks if on_host[a])
+        cpu_train = sum(update(a) for a in rp.actor.ranks if on_host[a])
         train = max(train, cpu_train / cfg.host_cores)
     shared = set(rp.actor.ranks) & set(rp.rollout.ranks)
     switch = max((prof[types[r]].switch_s for r in shared), default=0.0)
     sync_ranks = set(rp.rollout.ranks) | set(rp.actor.ranks)
-    sync = max(prof[types[r]].sync_s for r in sync_ranks) if len(sync_ranks) > 1 else 0.0
+    sync = 0.0
+    if len(sync_ranks) > 1:
+        sync = max(prof[types[r]].sync_s for r in sync_ranks)
+        if cfg.link is not None:
+            sync += broadcast_time(wl.weight_bytes, len({rp.actor.ranks[0]} | set(rp.rollout.ranks)), cfg.link)
     return RolePrediction(iteration_s=done + train + switch + sync, rollout_s=done, train_s=train,
                           switch_s=switch, sync_s=sync)
 
@@ -332,7 +360,7 @@ def to_plan(rp: RolePlan, *, samples: int, model: str = "vla-policy") -> object:
 
 
 # -- measured profiles ------------------------------------------------------------------------------------------
-def _fit(xs: list[float], ys: list[float]) -> LinearCost:
+def fit_linear(xs: list[float], ys: list[float]) -> LinearCost:
     """Least-squares ``fixed + per_item * n`` (clamped to >= 0)."""
     n = len(xs)
     mx, my = sum(xs) / n, sum(ys) / n
@@ -345,10 +373,14 @@ def _fit(xs: list[float], ys: list[float]) -> LinearCost:
 
 def measure_profile(rl_cfg, *, sizes: list[int], sample_sizes: list[int], device: str = "cpu", repeats: int = 5,
                     slowdown: float = 1.0, with_env: bool = True, log=print) -> DeviceProfile:
-    """Measure the role costs of the RL run ``rl_cfg`` on ``device``: env chunk-steps (if ``with_env``) and policy
-    samples for each micro-batch size in ``sizes``, the PPO update (all epochs) for each sample count in
-    ``sample_sizes``, each fitted to ``fixed + per_item * n``; offload + reload and flatten costs of the policy.
-    ``slowdown`` scales the compute figures (CPU emulation of a slower type)."""
+    """Measure the role costs of the RL run ``rl_cfg`` on ``device``: env chunk-steps (if ``with_env``; the mean
+    over a whole episode, resets included, of every micro-batch of that size) and policy samples (the median of
+    ``repeats``) for each micro-batch size in ``sizes``, the PPO update (all epochs) for each sample count in
+    ``sample_sizes`` (fitted to a cost per optimizer step + a cost per sample; the others to ``fixed + per_item *
+    n``); offload + reload and flatten costs of the policy.
+    ``slowdown`` > 1 profiles a device emulated that many times slower (CPU benchmarks): the simulators and the
+    policy / update compute are padded as the RL system's ranks pad them (:mod:`hetero.runtime.emulate`), so the
+    profile is measured on the emulated device, not scaled."""
     import torch
 
     threads = torch.get_num_threads()
@@ -366,10 +398,13 @@ def _measure(rl_cfg, *, sizes, sample_sizes, device, repeats, slowdown, with_env
     import numpy as np
     import torch
 
-    from hetero.rl.envs import make_vec_env
     from hetero.rl.offload import HostStore
     from hetero.rl.policy import load_checkpoint, obs_to_torch, sample
     from hetero.rl.update import index_obs, make_optimizer, ppo_update
+    from hetero.rl.workers import make_microbatch_env
+    from hetero.runtime.emulate import Emulator
+
+    emu = Emulator(slowdown=slowdown)
 
     model, _ = load_checkpoint(rl_cfg.train.init_checkpoint)
     model.to(device)
@@ -377,32 +412,45 @@ def _measure(rl_cfg, *, sizes, sample_sizes, device, repeats, slowdown, with_env
     gen = torch.Generator(device=device).manual_seed(0)
     env_t, roll_t = [], []
     last = None
+    # env chunk-steps: the mean over a whole episode (one more chunk-step than it lasts), so that the resets a run
+    # pays (an env auto-resets when its episode ends) are in the per-step cost, and over every micro-batch of
+    # that size (env slots g*n..(g+1)*n - 1, as the system splits them: tasks differ in cost across slots)
+    episode = -(-rl_cfg.env.max_episode_steps // rl_cfg.sampler.chunk) + 1
     for n in sizes:
-        ecfg = dataclasses.replace(rl_cfg.env, num_envs=n, num_workers=1)
-        env = make_vec_env(ecfg) if with_env else None
-        try:
-            if env is not None:
-                obs = env.reset(seed=0)
-            else:
-                obs = {"state": np.zeros((n, model.cfg.state_dim), np.float32), "instruction": ["reach"] * n}
-            te, tr = [], []
-            for _ in range(repeats + 1):
-                t0 = time.perf_counter()
-                s = sample(model, obs_to_torch(obs, device), rl_cfg.sampler, generator=gen)
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                tr.append(time.perf_counter() - t0)
+        groups = max(1, rl_cfg.env.num_envs // n) if with_env else 1
+        te = []
+        for g in range(groups):
+            env = make_microbatch_env(dataclasses.replace(rl_cfg.env, num_workers=1), range(g * n, (g + 1) * n),
+                                      slowdown=slowdown) if with_env else None
+            try:
                 if env is not None:
-                    t0 = time.perf_counter()
-                    obs = env.chunk_step(np.clip(s.actions.cpu().numpy(), -1, 1)).obs
-                    te.append(time.perf_counter() - t0)
-            roll_t.append(float(np.median(tr[1:])))
-            if te:
-                env_t.append(float(np.median(te[1:])))
-            last = (obs_to_torch(obs, "cpu"), s)
-        finally:
-            if env is not None:
-                env.close()
+                    obs = env.reset(seed=0)
+                else:
+                    obs = {"state": np.zeros((n, model.cfg.state_dim), np.float32), "instruction": ["reach"] * n}
+                tr, tg = [], []
+                for i in range(max(repeats if g == 0 else 0, episode if env is not None else 0) + 1):
+                    if g == 0 and i <= repeats:  # sampling: the median of ``repeats`` (after one warm-up)
+                        t0 = time.perf_counter()
+                        with emu.compute(kind=f"sample{n}"):
+                            s = sample(model, obs_to_torch(obs, device), rl_cfg.sampler, generator=gen)
+                            if device.startswith("cuda"):
+                                torch.cuda.synchronize()
+                        tr.append(time.perf_counter() - t0)
+                    elif i == 0:
+                        s = sample(model, obs_to_torch(obs, device), rl_cfg.sampler, generator=gen)
+                    if env is not None:
+                        t0 = time.perf_counter()
+                        obs = env.chunk_step(np.clip(s.actions.cpu().numpy(), -1, 1)).obs
+                        tg.append(time.perf_counter() - t0)
+                if tr:
+                    roll_t.append(float(np.median(tr[1:])))
+                te += tg[1:]
+                last = (obs_to_torch(obs, "cpu"), s)
+            finally:
+                if env is not None:
+                    env.close()
+        if te:
+            env_t.append(float(np.mean(te)))
     o, s = last
     act_t = []
     for n in sample_sizes:
@@ -412,7 +460,8 @@ def _measure(rl_cfg, *, sizes, sample_sizes, device, repeats, slowdown, with_env
         ts = []
         for _ in range(2):
             t0 = time.perf_counter()
-            ppo_update(model, opt, batch, rl_cfg, iteration=rl_cfg.algo.critic_warmup_iters + 1, device=device)
+            ppo_update(model, opt, batch, rl_cfg, iteration=rl_cfg.algo.critic_warmup_iters + 1, device=device,
+                       emulator=emu if emu.enabled else None)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             ts.append(time.perf_counter() - t0)
@@ -427,15 +476,13 @@ def _measure(rl_cfg, *, sizes, sample_sizes, device, repeats, slowdown, with_env
     t0 = time.perf_counter()
     flatten(model).clone()
     sync = time.perf_counter() - t0
-    act = _fit([float(n) for n in sample_sizes], act_t)
-    roll = _fit([float(n) for n in sizes], roll_t)
-    env_c = _fit([float(n) for n in sizes], env_t) if with_env else None
-    sl = slowdown
-    prof = DeviceProfile(
-        env=LinearCost(fixed_s=env_c.fixed_s * sl, per_item_s=env_c.per_item_s * sl) if env_c else None,
-        rollout=LinearCost(fixed_s=roll.fixed_s * sl, per_item_s=roll.per_item_s * sl),
-        actor=LinearCost(fixed_s=act.fixed_s * sl, per_item_s=act.per_item_s * sl),
-        switch_s=switch, sync_s=sync)
+    ac = rl_cfg.algo  # the update: fixed per optimizer step + per sample, least squares (clamped to >= 0)
+    steps = [float(ac.update_epochs * -(-n // ac.minibatch_size)) for n in sample_sizes]
+    sol = np.linalg.lstsq(np.array([steps, [float(n) for n in sample_sizes]]).T, np.array(act_t), rcond=None)[0]
+    act = LinearCost(fixed_s=max(float(sol[0]), 0.0), per_item_s=max(float(sol[1]), 0.0))
+    roll = fit_linear([float(n) for n in sizes], roll_t)
+    env_c = fit_linear([float(n) for n in sizes], env_t) if with_env else None
+    prof = DeviceProfile(env=env_c, rollout=roll, actor=act, switch_s=switch, sync_s=sync)
     if log:
         log(f"profile on {device} (slowdown {slowdown}): env {prof.env} rollout {prof.rollout} actor {prof.actor} "
             f"switch {switch * 1e3:.2f} ms sync {sync * 1e3:.2f} ms")

@@ -88,12 +88,15 @@ def worker(args) -> int:
     return 0
 
 
-def launch(argv: list[str], *, world_size: int, timeout_s: float = 600.0, capture: bool = False):
+def launch(argv: list[str], *, world_size: int, timeout_s: float = 600.0, capture: bool = False,
+           env: dict[str, str] | None = None):
     """Start ``hetero-run --standalone --nproc-per-node world_size -m hetero.rl.system argv`` and wait (bounded);
-    returns the CompletedProcess. Raises TimeoutError when it runs past ``timeout_s`` (the job is killed)."""
+    returns the CompletedProcess. ``env``: extra environment variables of the job (for example
+    ``HETERO_SLOWDOWN_BY_RANK`` in benchmarks). Raises TimeoutError when it runs past ``timeout_s`` (the job is
+    killed)."""
     cmd = [sys.executable, "-m", "hetero.runtime.launch", "--standalone", "--nproc-per-node", str(world_size),
            "-m", "hetero.rl.system", *argv]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     out = subprocess.PIPE if capture else None
     proc = subprocess.Popen(cmd, env=env, text=True, stdout=out, stderr=out, start_new_session=True)
     try:

@@ -12,6 +12,8 @@ Tests: ``python -m pytest -q tests/test_rl_e2e.py tests/test_rlsys_system.py``.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -54,12 +56,13 @@ def make_optimizer(model: torch.nn.Module, cfg: RLConfig) -> tuple[torch.optim.O
 
 
 def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device: str = "cpu",
-               shard: tuple[int, int, dist.ProcessGroup | None] | None = None) -> dict:
+               shard: tuple[int, int, dist.ProcessGroup | None] | None = None, emulator=None) -> dict:
     """PPO epochs over a flat batch of N samples (the trainer's update step): ``batch`` holds ``obs`` (state
     ``[N, S]``, instruction list, images), ``chain [N, K+1, H, A]``, ``denoise_ind [N]``, ``logp [N]``, ``value [N]``,
     ``adv [N]``, ``ret [N]`` and optionally ``mask [N]`` (bool). ``shard = (index, count, group)`` splits every
     minibatch over ``count`` actor ranks and all-reduces the gradients weighted by shard size (None: one rank).
-    Returns mean pg_loss, v_loss, kl, clip_fraction, entropy and the sample count."""
+    ``emulator`` (a :class:`hetero.runtime.emulate.Emulator`; CPU benchmarks only) pads each minibatch's forward +
+    backward and optimizer step, not the all-reduce. Returns mean pg_loss, v_loss, kl, clip_fraction, entropy and the sample count."""
     ac, sc, tc = cfg.algo, cfg.sampler, cfg.train
     n = batch["logp"].shape[0]
     mask_f = batch.get("mask", torch.ones(n, dtype=torch.bool))
@@ -75,6 +78,10 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
     stats = {"pg_loss": [], "v_loss": [], "kl": [], "clipfrac": [], "entropy": []}
     perm_gen = torch.Generator().manual_seed(tc.seed * 31 + iteration)
     stop = False
+
+    def compute(kind: str):
+        return emulator.compute(kind=kind) if emulator is not None else contextlib.nullcontext()
+
     for _epoch in range(ac.update_epochs):
         if stop or not len(sel_all):
             break
@@ -89,29 +96,31 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
             if len(mb):
                 mo = index_obs(flat_obs, mb)
                 mo = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in mo.items()}
-                new_logp, ent, new_v = replay(model, mo, chain_f[mb].to(device), ind_f[mb].to(device), sc)
-                pg, st = algos.ppo_actor_loss(new_logp, logp_f[mb].to(device), adv_f[mb].to(device), clip=ac.clip)
-                loss = torch.zeros((), device=device)
-                if not warmup:
-                    loss = loss + pg - ac.entropy_bonus * ent.mean()
-                vl = None
-                if ac.name == "ppo":
-                    vl = algos.value_loss(new_v, val_f[mb].to(device), ret_f[mb].to(device), clip=ac.value_clip,
-                                          huber_delta=ac.huber_delta)
-                    loss = loss + ac.value_coef * vl
-                if w != 1.0:
-                    loss = loss * w
-                loss.backward()
-                vals = [pg.item(), vl.item() if vl is not None else 0.0, st.approx_kl, st.clip_fraction,
-                        ent.mean().item()]
+                with compute(f"fwd-bwd{len(mb)}"):
+                    new_logp, ent, new_v = replay(model, mo, chain_f[mb].to(device), ind_f[mb].to(device), sc)
+                    pg, st = algos.ppo_actor_loss(new_logp, logp_f[mb].to(device), adv_f[mb].to(device), clip=ac.clip)
+                    loss = torch.zeros((), device=device)
+                    if not warmup:
+                        loss = loss + pg - ac.entropy_bonus * ent.mean()
+                    vl = None
+                    if ac.name == "ppo":
+                        vl = algos.value_loss(new_v, val_f[mb].to(device), ret_f[mb].to(device), clip=ac.value_clip,
+                                              huber_delta=ac.huber_delta)
+                        loss = loss + ac.value_coef * vl
+                    if w != 1.0:
+                        loss = loss * w
+                    loss.backward()
+                    vals = [pg.item(), vl.item() if vl is not None else 0.0, st.approx_kl, st.clip_fraction,
+                            ent.mean().item()]
             if warmup:  # critic warm-up: only the value head moves
                 for p in params:
                     if id(p) in policy_ids:
                         p.grad = None
             if shard is not None and shard[1] > 1:
                 vals = _allreduce_grads(params, vals, w, shard[2], device)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), ac.max_grad_norm)
-            opt.step()
+            with compute("optimizer-step"):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), ac.max_grad_norm)
+                opt.step()
             stats["pg_loss"].append(vals[0])
             if ac.name == "ppo":
                 stats["v_loss"].append(vals[1])

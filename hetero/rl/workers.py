@@ -46,15 +46,17 @@ from hetero.rl.offload import HostStore
 from hetero.rl.policy import load_checkpoint, obs_to_torch, sample, save_checkpoint
 from hetero.rl.update import cat_obs, index_obs, make_optimizer, ppo_update
 from hetero.rl.weightsync import WeightSync, flatten, unflatten_into
+from hetero.runtime.emulate import Emulator
 
 TAG_OBS, TAG_ACT, TAG_TRAJ = 1, 2, 3
 
 
-def make_microbatch_env(cfg: EnvConfig, slots: range) -> ChunkVecEnv:
-    """A vector env over the global env ``slots`` of one micro-batch."""
+def make_microbatch_env(cfg: EnvConfig, slots: range, *, slowdown: float = 1.0) -> ChunkVecEnv:
+    """A vector env over the global env ``slots`` of one micro-batch (``slowdown`` > 1: its simulator processes
+    emulate a slower host, CPU benchmarks only)."""
     cfg.task_list()
     return ChunkVecEnv(SliceFactory(slice_class(cfg), cfg, slots.start), num_envs=len(slots),
-                       num_workers=min(cfg.num_workers, len(slots)))
+                       num_workers=min(cfg.num_workers, len(slots)), slowdown=slowdown)
 
 
 class RankRunner:
@@ -64,6 +66,12 @@ class RankRunner:
         if cfg.env.num_envs != roles.num_envs:
             raise ConfigError("roles.num_envs", f"is {roles.num_envs} but env.num_envs is {cfg.env.num_envs}")
         self.rank, self.roles, self.cfg, self.log = rank, roles, cfg, log
+        # CPU benchmarks emulating slower devices (HETERO_SLOWDOWN; else a no-op). Env and rollout blocks: phase 0,
+        # all of a block's padding follows it, so a block slowed by a rank sharing its core is absorbed by the
+        # padding. The data-parallel update runs in lockstep on every actor rank: there the ranks sharing a core
+        # take the phases hetero-run gave them (HETERO_EMULATE_PHASE), so that they compute at different moments
+        self.emu_update = Emulator.from_env()
+        self.emu = Emulator(slowdown=self.emu_update.slowdown)
         self.my = roles.roles_of(rank)
         self.device = roles.device_of(rank)
         # collective groups: every rank creates every group, in the same order
@@ -117,7 +125,7 @@ class RankRunner:
         tc = self.cfg.train
         first = j not in self.envs
         if first:
-            self.envs[j] = make_microbatch_env(self.cfg.env, self.roles.slots(j))
+            self.envs[j] = make_microbatch_env(self.cfg.env, self.roles.slots(j), slowdown=self.emu.slowdown)
         if self.cfg.algo.name == "grpo":  # every group restarts from one shared reset state, as in the trainer
             self.obs[j] = self.envs[j].reset(seed=tc.seed * 7919 + it)
         elif first:
@@ -144,7 +152,7 @@ class RankRunner:
             tr = msg["truncated"]
             if ac.name == "ppo" and ac.bootstrap_truncated and tr.any():  # r += gamma V(final obs) at time limits
                 idx = torch.nonzero(tr).squeeze(1)
-                with torch.no_grad():
+                with torch.no_grad(), self.emu.compute(kind=f"value{len(idx)}"):
                     fo = obs_to_torch(msg["final_obs"], self.device)
                     fv = m.value(m.encode(index_obs(fo, idx))).cpu()
                 r[idx] += ac.gamma * fv
@@ -159,7 +167,8 @@ class RankRunner:
     def _rollout_act(self, j: int, obs: dict, buf: dict) -> None:
         o = obs_to_torch(obs, self.device)
         t0 = time.perf_counter()
-        s = sample(self.rollout_model, o, self.cfg.sampler, generator=self.gen)
+        with self.emu.compute(kind=f"sample{len(o['state'])}"):
+            s = sample(self.rollout_model, o, self.cfg.sampler, generator=self.gen)
         buf["t_policy"] += time.perf_counter() - t0
         self._ch("act", j).send(j, {"actions": s.actions.cpu()})
         buf["obs"].append({k: (v.cpu() if torch.is_tensor(v) else v) for k, v in o.items()})
@@ -170,7 +179,7 @@ class RankRunner:
 
     def _rollout_finish(self, j: int, obs: dict, buf: dict) -> None:
         m = self.rollout_model
-        with torch.no_grad():
+        with torch.no_grad(), self.emu.compute(kind=f"value{len(obs['state'])}"):
             next_v = m.value(m.encode(obs_to_torch(obs, self.device))).cpu()
         T = len(buf["chains"])
         traj = {"state": torch.stack([o["state"] for o in buf["obs"]]),
@@ -234,7 +243,8 @@ class RankRunner:
                 "mask": mask.reshape(-1)}
         n_a = len(self.roles.actor.ranks)
         shard = (self.actor_index, n_a, self.actor_group) if n_a > 1 else None
-        st = ppo_update(self.actor_model, self.opt, flat, self.cfg, iteration=it, device=self.device, shard=shard)
+        st = ppo_update(self.actor_model, self.opt, flat, self.cfg, iteration=it, device=self.device, shard=shard,
+                        emulator=self.emu_update)
         eps = b["episodes"]
         return {"success_rate": float(np.mean([e["success_once"] for e in eps])) if eps else None,
                 "return": float(np.mean([e["return"] for e in eps])) if eps else None,

@@ -16,6 +16,8 @@ heterogeneous cluster needs no emulation.
     emu = Emulator.from_cluster(cluster, rank)   # slowdown = peak fp32 of the fastest type / the rank's type's
     with emu.compute():
         loss = model(x).sum(); loss.backward()
+    with emu.compute(kind=f"sample{n}"):         # kinds: blocks of one kind do the same work (key by shape)
+        actions = policy(obs)
 """
 
 from __future__ import annotations
@@ -156,6 +158,17 @@ class Emulator:
         slept = self._sleep(self.slowdown * best - elapsed_s - pre) if self.enabled else 0.0
         return elapsed_s + pre + slept
 
+    def pad_cpu(self, elapsed_s: float, cpu_s: float) -> float:
+        """After a block that took ``elapsed_s`` of wall time and ``cpu_s`` of its thread's CPU time: sleep until it
+        has lasted ``slowdown x cpu_s``; return the padded duration. For blocks whose work varies from call to call
+        (a simulator step), where no run of the same work exists to pad from: CPU time is roughly what the block
+        would take alone on a free core (contention stretches wall time, not CPU time)."""
+        if elapsed_s < 0 or cpu_s < 0:
+            raise ValueError(f"elapsed_s and cpu_s must be >= 0, got {elapsed_s}, {cpu_s}")
+        self.compute_s += elapsed_s
+        slept = self._sleep(self.slowdown * cpu_s - elapsed_s) if self.enabled else 0.0
+        return elapsed_s + slept
+
     def _sleep(self, want: float) -> float:
         if want <= 0:
             return 0.0
@@ -166,14 +179,17 @@ class Emulator:
         return slept
 
     @contextlib.contextmanager
-    def compute(self, *, sync: Callable[[], None] | None = None) -> Iterator[None]:
+    def compute(self, *, kind: str = "block", sync: Callable[[], None] | None = None) -> Iterator[None]:
         """Time the block (calling ``sync`` before reading the clock, e.g. ``torch.cuda.synchronize``), then
-        pad it."""
-        self.before()
+        pad it as a ``kind`` block (blocks of one kind must do the same work); a no-op at slowdown 1."""
+        if not self.enabled:
+            yield
+            return
+        self.before(kind)
         if sync is not None:
             sync()
         t0 = time.perf_counter()
         yield
         if sync is not None:
             sync()
-        self.pad(time.perf_counter() - t0)
+        self.pad(time.perf_counter() - t0, kind)

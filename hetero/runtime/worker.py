@@ -5,7 +5,7 @@ From torchrun's RANK / LOCAL_RANK / LOCAL_WORLD_SIZE and the plan (HETERO_PLAN) 
 sets: HETERO_DEVICE_TYPE, HETERO_DEVICE (``cuda:<i>`` numbering only this host's ranks of that device kind,
 ``cpu``), HETERO_STAGE, HETERO_DP_INDEX, HETERO_TP_INDEX, HETERO_NODE, and with HETERO_EMULATE=1 on CPU ranks
 HETERO_SLOWDOWN (the rank type's speed relative to the cluster's fastest type; tests and benchmarks only;
-HETERO_SLOWDOWN_BY_RANK="1,2" gives it per rank instead), HETERO_EMULATE_PHASE and HETERO_EMULATE_CPUS (the cores
+HETERO_SLOWDOWN_BY_RANK="1,2" gives it per rank instead, and pins too), HETERO_EMULATE_PHASE and HETERO_EMULATE_CPUS (the cores
 the rank is pinned to, so that emulated ranks' duty cycles fit this host's cores; set it to override).
 
     python -m hetero.runtime.worker [-m] script.py args...      # normally started by hetero-run, not by hand
@@ -59,12 +59,18 @@ def assignment(env: dict[str, str]) -> dict[str, str]:
             raise ConfigError("nodes", f"rank {rank} is outside the cluster ({len(types)} devices)")
         rank_type = dict(enumerate(types))
         out["HETERO_NODE"] = cluster.devices()[rank][1].name
+    first, n_local = rank - local_rank, int(env.get("LOCAL_WORLD_SIZE", "1"))
+    local: list[float] | None = None  # slowdown of each of this host's ranks, when emulating (pins them)
     by_rank = env.get("HETERO_SLOWDOWN_BY_RANK")  # emulation knob for tests/benchmarks: "1,2,3" = rank 0, 1, 2
     if by_rank and "HETERO_SLOWDOWN" not in env:
-        vals = by_rank.split(",")
+        try:
+            vals = [float(v) for v in by_rank.split(",")]
+        except ValueError:
+            raise ConfigError("HETERO_SLOWDOWN_BY_RANK", f"must be comma-separated numbers, got {by_rank!r}") from None
         if rank >= len(vals):
             raise ConfigError("HETERO_SLOWDOWN_BY_RANK", f"has {len(vals)} entries but this is rank {rank}")
-        out["HETERO_SLOWDOWN"] = vals[rank]
+        out["HETERO_SLOWDOWN"] = f"{vals[rank]:g}"
+        local = [vals[r] if r < len(vals) else 1.0 for r in range(first, first + n_local)]
     if rank in rank_type:
         my_type = rank_type[rank]
         kind = _type_device(my_type, cluster)
@@ -72,27 +78,28 @@ def assignment(env: dict[str, str]) -> dict[str, str]:
         if kind == "cpu":
             out["HETERO_DEVICE"] = "cpu"
         else:  # index among this host's ranks of the same device kind (local ranks are contiguous)
-            first = rank - local_rank
             idx = sum(1 for r in range(first, rank) if _type_device(rank_type.get(r, ""), cluster) == kind)
             out["HETERO_DEVICE"] = f"{kind}:{idx}"
         if env.get("HETERO_EMULATE") == "1" and kind == "cpu" and cluster is not None and "HETERO_SLOWDOWN" not in env:
             from hetero.runtime.emulate import Emulator  # tests/benchmarks only
 
             out["HETERO_SLOWDOWN"] = f"{Emulator.from_cluster(cluster, rank).slowdown:.6g}"
-            # this host's ranks pinned so that their duty cycles fit the cores (a device shares no cores), the
-            # ranks sharing a core spreading their compute over the padded window (phases); without pinning,
-            # emulated ranks alternate computing first / last in their window
-            first, n_local = rank - local_rank, int(env.get("LOCAL_WORLD_SIZE", "1"))
             local = [Emulator.from_cluster(cluster, r).slowdown if _type_device(rank_type.get(r, ""), cluster)
                      == "cpu" else 1.0 for r in range(first, first + n_local)]
-            layout = Emulator.pack_cores(local, sorted(os.sched_getaffinity(0))) \
-                if hasattr(os, "sched_getaffinity") and "HETERO_EMULATE_CPUS" not in env else None
-            if layout is not None:
-                out["HETERO_EMULATE_CPUS"] = ",".join(map(str, layout[local_rank][0]))
-            if "HETERO_EMULATE_PHASE" not in env:
-                phase = layout[local_rank][1] if layout is not None else Emulator.alternating_phase(
-                    [Emulator.from_cluster(cluster, r).slowdown for r in range(rank + 1)], rank)
-                out["HETERO_EMULATE_PHASE"] = f"{phase:g}"
+    if local is not None:
+        from hetero.runtime.emulate import Emulator  # tests/benchmarks only
+
+        # this host's ranks pinned so that their duty cycles fit the cores (a device shares no cores), the ranks
+        # sharing a core spreading their compute over the padded window (phases); without pinning, emulated
+        # ranks alternate computing first / last in their window
+        layout = Emulator.pack_cores(local, sorted(os.sched_getaffinity(0))) \
+            if hasattr(os, "sched_getaffinity") and "HETERO_EMULATE_CPUS" not in env else None
+        if layout is not None:
+            out["HETERO_EMULATE_CPUS"] = ",".join(map(str, layout[local_rank][0]))
+        if "HETERO_EMULATE_PHASE" not in env:
+            phase = layout[local_rank][1] if layout is not None else \
+                Emulator.alternating_phase(local[: local_rank + 1], local_rank)
+            out["HETERO_EMULATE_PHASE"] = f"{phase:g}"
     return out
 
 

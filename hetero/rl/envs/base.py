@@ -16,6 +16,7 @@ Run the tests: ``python -m pytest -q tests/test_rl_envs.py``.
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -112,12 +113,17 @@ def _stack_obs(obs_list: list[dict]) -> dict:
     return out
 
 
-def _worker(conn, factory, worker_index: int, env_indices: list[int], seed: int) -> None:
-    """Worker loop: owns EnvSlice; commands reset / step / info / close."""
+def _worker(conn, factory, worker_index: int, env_indices: list[int], seed: int, slowdown: float = 1.0) -> None:
+    """Worker loop: owns EnvSlice; commands reset / step / info / close. With ``slowdown`` > 1 (the CPU emulation
+    of benchmarks) each reset / step is padded to that many times its CPU time (its work varies with contacts and
+    resets), as a simulator on a host that many times slower would take."""
     import os
+
+    from hetero.runtime.emulate import Emulator
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
+        emu = Emulator(slowdown=slowdown)
         envs = factory(worker_index, env_indices, seed)
         ep_ret = [0.0] * len(env_indices)
         ep_len = [0] * len(env_indices)
@@ -128,7 +134,9 @@ def _worker(conn, factory, worker_index: int, env_indices: list[int], seed: int)
             if cmd == "reset":
                 if data is not None:
                     envs.reseed(data)
+                t0, c0 = time.perf_counter(), time.thread_time()
                 obs = [envs.reset_one(j) for j in range(len(env_indices))]
+                emu.pad_cpu(time.perf_counter() - t0, time.thread_time() - c0)
                 ep_ret = [0.0] * len(env_indices)
                 ep_len = [0] * len(env_indices)
                 ep_succ = [False] * len(env_indices)
@@ -137,6 +145,7 @@ def _worker(conn, factory, worker_index: int, env_indices: list[int], seed: int)
                 actions = data  # [n_local, H, A]
                 res = []
                 steps = 0
+                t0, c0 = time.perf_counter(), time.thread_time()
                 for j in range(len(env_indices)):
                     rsum, succ, done, trunc, final = 0.0, False, False, False, None
                     for a in actions[j]:
@@ -158,6 +167,7 @@ def _worker(conn, factory, worker_index: int, env_indices: list[int], seed: int)
                         ep_ret[j], ep_len[j], ep_succ[j] = 0.0, 0, False
                         o = envs.reset_one(j)
                     res.append((o, rsum, done, trunc, succ, final, episode))
+                emu.pad_cpu(time.perf_counter() - t0, time.thread_time() - c0)
                 conn.send(("ok", (res, steps)))
             elif cmd == "crash":  # test hook: die like a segfaulting simulator
                 os._exit(1)
@@ -182,12 +192,12 @@ class ChunkVecEnv:
     """N envs in subprocess workers, stepped a whole action chunk at a time, with auto-reset and crash restart."""
 
     def __init__(self, factory: Callable[[int, list[int], int], EnvSlice], *, num_envs: int, num_workers: int = 1,
-                 start_method: str = "forkserver", timeout_s: float = 600.0):
+                 start_method: str = "forkserver", timeout_s: float = 600.0, slowdown: float = 1.0):
         if num_envs < 1:
             raise ValueError("num_envs must be >= 1")
         num_workers = max(1, min(num_workers, num_envs))
         self.factory, self.num_envs, self.num_workers = factory, num_envs, num_workers
-        self.timeout_s = timeout_s
+        self.timeout_s, self.slowdown = timeout_s, slowdown
         self._ctx = mp.get_context(start_method)
         self.slices = [list(range(num_envs))[w::num_workers] for w in range(num_workers)]
         self.seed = 0
@@ -206,7 +216,8 @@ class ChunkVecEnv:
 
     def _start(self, w: int) -> None:
         parent, child = self._ctx.Pipe()
-        p = self._ctx.Process(target=_worker, args=(child, self.factory, w, self.slices[w], self._worker_seed(w)),
+        p = self._ctx.Process(target=_worker, args=(child, self.factory, w, self.slices[w], self._worker_seed(w),
+                                                        self.slowdown),
                               daemon=True)
         p.start()
         child.close()
