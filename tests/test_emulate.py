@@ -126,7 +126,7 @@ def test_padding_comes_from_the_fastest_block_so_contention_is_not_multiplied():
 
 
 def test_pack_cores_gives_the_fast_rank_a_core_and_slow_ranks_share():
-    assert Emulator.pack_cores([1.0, 2.0, 3.0], [0, 1]) == [([0], 0.0), ([1], 0.0), ([1], 1.0)]
+    assert Emulator.pack_cores([1.0, 2.0, 3.0], [0, 1]) == [([0], 0.0), ([1], 1.0), ([1], 0.0)]  # slowest at 0
     assert Emulator.pack_cores([2.0, 1.0], [4, 7]) == [([7], 0.0), ([4], 0.0)]
     assert Emulator.pack_cores([2.0, 2.0, 2.0, 2.0], [0, 1]) == [([0], 0.0), ([1], 0.0), ([0], 1.0), ([1], 1.0)]
     # three 1/3-duty ranks on one core would tile it, but spreading over the cores leaves them room
@@ -155,7 +155,7 @@ def test_worker_assignment_pins_emulated_ranks(tmp_path):
                        "HETERO_EMULATE": "1"}) for r in range(3)]
     assert [g["HETERO_SLOWDOWN"] for g in got] == ["1", "2", "3"]
     assert [g["HETERO_EMULATE_CPUS"] for g in got] == [str(cpus[0]), str(cpus[1]), str(cpus[1])]
-    assert [g["HETERO_EMULATE_PHASE"] for g in got] == ["0", "0", "1"]
+    assert [g["HETERO_EMULATE_PHASE"] for g in got] == ["0", "1", "0"]
     assert "HETERO_EMULATE_CPUS" not in assignment({"RANK": "0", "LOCAL_WORLD_SIZE": "3", "HETERO_CLUSTER": str(c),
                                                     "HETERO_EMULATE": "1", "HETERO_EMULATE_CPUS": "0"})
 
@@ -205,3 +205,16 @@ def test_worker_assignment_pins_ranks_given_slowdowns_by_rank():
                                                         "LOCAL_RANK": str(r)}) for r in range(4))  # do not fit
     with pytest.raises(ConfigError, match="HETERO_SLOWDOWN_BY_RANK"):
         assignment({**env, "HETERO_SLOWDOWN_BY_RANK": "2,x", "RANK": "0", "LOCAL_RANK": "0"})
+
+
+def test_a_late_block_shortens_the_next_early_sleep_so_late_phases_do_not_add_up():
+    emu = Emulator(slowdown=2.0, phase=1.0)
+    with emu.compute(kind="b"):
+        _busy(0.01)  # fastest 10 ms: window 20 ms
+    t0 = time.perf_counter()
+    for _ in range(3):
+        with emu.compute(kind="b"):  # slept 10 ms first, then computes 15 ms: 5 ms late each time ...
+            _busy(0.015)
+    total = time.perf_counter() - t0
+    # ... but each lateness comes off the next early sleep: 3 x 25 ms would be 75 ms; the timeline gives 20 + 20 + 25
+    assert 0.065 - 3e-3 <= total <= 0.065 + 0.03 and total < 0.074

@@ -52,6 +52,7 @@ class Emulator:
         self.phase = float(phase)
         self._best: dict[str, float] = {}
         self._pre: dict[str, float] = {}
+        self._late, self._late_at = 0.0, 0.0  # how late the last block ended beyond its padding, and when
         self.compute_s = 0.0
         """Measured (unpadded) seconds of all blocks so far."""
         self.padded_s = 0.0
@@ -119,8 +120,9 @@ class Emulator:
     def pack_cores(slowdowns: Sequence[float], cpus: Sequence[int]) -> list[tuple[list[int], float]] | None:
         """A core and a phase for each rank, so that no core carries more than one core's worth of duty cycles
         (``1 / slowdown``): worst-fit decreasing (the least-loaded core that fits), and the ranks sharing a core
-        spread their phases evenly over [0, 1] so that their compute tiles the padded window. A real device shares
-        no cores; pinned this way an emulated fast rank keeps a core to itself while slower ranks share another.
+        spread their phases evenly over [0, 1] (the slowest at 0) so that their compute tiles the padded window.
+        A real device shares no cores; pinned this way an emulated fast rank keeps a core to itself while slower
+        ranks share another.
         None when the duty cycles do not fit in ``cpus`` (then nothing should be pinned)."""
         cpus = list(cpus)
         load = [0.0] * len(cpus)
@@ -135,13 +137,22 @@ class Emulator:
             on[c].append(r)
         out: list[tuple[list[int], float]] = [([], 0.0)] * len(slowdowns)
         for c, ranks in enumerate(on):
-            for j, r in enumerate(sorted(ranks)):
+            # the slowest rank of a core computes first in its window (phase 0): all of its padding follows its
+            # block, so a block stretched by the other ranks of the core is absorbed; a later phase leaves less
+            # slack, and the slowest rank of a data-parallel step is the one that must not be late
+            for j, r in enumerate(sorted(ranks, key=lambda r: (-slowdowns[r], r))):
                 out[r] = ([cpus[c]], j / (len(ranks) - 1) if len(ranks) > 1 else 0.0)
         return out
 
     def before(self, kind: str = "block") -> float:
-        """Sleep ``phase`` of the padding a ``kind`` block needs (from the fastest one so far), before it; return it."""
-        want = self.phase * (self.slowdown - 1.0) * self._best.get(kind, 0.0)
+        """Sleep ``phase`` of the padding a ``kind`` block needs (from the fastest one so far), before it; return it.
+        When the previous block ended late (its compute, after its own early sleep, ran past the padded window:
+        compute right after a sleep runs slower than back to back, or another rank of the core computed at the same
+        moment) and this one follows at once, the early sleep is shortened by that lateness, so the rank keeps the
+        emulated device's timeline of ``slowdown x fastest`` per block instead of adding the lateness up."""
+        carry = max(0.0, self._late - (time.perf_counter() - self._late_at))
+        self._late = 0.0
+        want = self.phase * (self.slowdown - 1.0) * self._best.get(kind, 0.0) - carry
         slept = self._sleep(want)
         self._pre[kind] = slept
         return slept
@@ -156,6 +167,7 @@ class Emulator:
         best = self._best[kind] = min(elapsed_s, self._best.get(kind, elapsed_s))
         pre = self._pre.pop(kind, 0.0)
         slept = self._sleep(self.slowdown * best - elapsed_s - pre) if self.enabled else 0.0
+        self._late, self._late_at = max(0.0, elapsed_s + pre - self.slowdown * best), time.perf_counter()
         return elapsed_s + pre + slept
 
     def pad_cpu(self, elapsed_s: float, cpu_s: float) -> float:
