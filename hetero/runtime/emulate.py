@@ -52,7 +52,6 @@ class Emulator:
         self.phase = float(phase)
         self._best: dict[str, float] = {}
         self._pre: dict[str, float] = {}
-        self._late, self._late_at = 0.0, 0.0  # how late the last block ended beyond its padding, and when
         self.compute_s = 0.0
         """Measured (unpadded) seconds of all blocks so far."""
         self.padded_s = 0.0
@@ -145,14 +144,8 @@ class Emulator:
         return out
 
     def before(self, kind: str = "block") -> float:
-        """Sleep ``phase`` of the padding a ``kind`` block needs (from the fastest one so far), before it; return it.
-        When the previous block ended late (its compute, after its own early sleep, ran past the padded window:
-        compute right after a sleep runs slower than back to back, or another rank of the core computed at the same
-        moment) and this one follows at once, the early sleep is shortened by that lateness, so the rank keeps the
-        emulated device's timeline of ``slowdown x fastest`` per block instead of adding the lateness up."""
-        carry = max(0.0, self._late - (time.perf_counter() - self._late_at))
-        self._late = 0.0
-        want = self.phase * (self.slowdown - 1.0) * self._best.get(kind, 0.0) - carry
+        """Sleep ``phase`` of the padding a ``kind`` block needs (from the fastest one so far), before it; return it."""
+        want = self.phase * (self.slowdown - 1.0) * self._best.get(kind, 0.0)
         slept = self._sleep(want)
         self._pre[kind] = slept
         return slept
@@ -167,7 +160,6 @@ class Emulator:
         best = self._best[kind] = min(elapsed_s, self._best.get(kind, elapsed_s))
         pre = self._pre.pop(kind, 0.0)
         slept = self._sleep(self.slowdown * best - elapsed_s - pre) if self.enabled else 0.0
-        self._late, self._late_at = max(0.0, elapsed_s + pre - self.slowdown * best), time.perf_counter()
         return elapsed_s + pre + slept
 
     def pad_cpu(self, elapsed_s: float, cpu_s: float) -> float:
