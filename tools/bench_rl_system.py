@@ -153,8 +153,8 @@ def main(argv=None) -> int:
     # all-reduce between this many local processes
     model, _ = load_checkpoint(str(ckpt))
     opt, _, _ = make_optimizer(model, cfg)
-    n_train = sum(p.numel() for g in opt.param_groups for p in g["params"])
-    grad_bytes = 4 * (n_train + len([p for g in opt.param_groups for p in g["params"]]))
+    params = [p for g in opt.param_groups for p in g["params"]]
+    grad_bytes = 4 * (sum(p.numel() for p in params) + len(params))  # the gradients + one "has grad" flag each
     weight_bytes = 4 * flatten(model).numel()
     update_steps = cfg.algo.update_epochs * math.ceil(samples / cfg.algo.minibatch_size)
     coll, _, _ = run_collectives([2**18, 2**20, 2**22], world_size=a.devices, timeout=300)
@@ -228,7 +228,8 @@ def main(argv=None) -> int:
                       "pred_error": sum(m["pred_error"] for m in modes.values()) / len(modes), "modes": modes,
                       "profile": {"env": vars(prof.env), "rollout": vars(prof.rollout), "actor": vars(prof.actor),
                                   "switch_s": prof.switch_s, "sync_s": prof.sync_s},
-                      "link": {"latency_s": alpha, "bandwidth": bw}, "slowdown": slowdown, "cores": cores, "load_average": load, "devices": a.devices,
+                      "link": {"latency_s": alpha, "bandwidth": bw}, "slowdown": slowdown, "cores": cores,
+                      "load_average": load, "devices": a.devices,
                       "iterations": iterations}))
     return 0
 

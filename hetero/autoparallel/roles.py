@@ -139,6 +139,12 @@ class RolePlan:
         """Ranks used by any role (must be 0..world_size-1)."""
         return len(set(self.env.ranks) | set(self.rollout.ranks) | set(self.actor.ranks))
 
+    @property
+    def sync_ranks(self) -> list[int]:
+        """Ranks of the actor -> rollout weight broadcast: the first actor rank (the source) and every rollout
+        rank, sorted."""
+        return sorted({self.actor.ranks[0]} | set(self.rollout.ranks))
+
     def roles_of(self, rank: int) -> list[str]:
         """Roles that ``rank`` runs, in env, rollout, actor order."""
         return [n for n in ROLE_NAMES if rank in getattr(self, n).ranks]

@@ -4,7 +4,8 @@ Inputs (a YAML, see ``examples/rl/system_*.yaml``): the device pools (type, coun
 steps per iteration, transfer cost per message) and a profile per device type: the cost of one env chunk-step of
 ``n`` env slots, of one policy ``sample`` of ``n`` observations (each ``fixed_s + per_item_s * n``), of the
 update (``fixed_s`` per optimizer step + ``per_item_s`` per sample), of a context switch and of a weight sync.
-Profiles are measured on this machine by :func:`measure_profile` (``tools/bench_rl_system.py`` does that) or written by hand / synthesised for tests.
+Profiles are measured on this machine by :func:`measure_profile` (``tools/bench_rl_system.py`` does that) or
+written by hand / synthesised for tests.
 
 Cost model (:func:`predict`) of one iteration = rollout phase + actor update + weight sync + context switches:
 
@@ -248,12 +249,12 @@ def predict(rp: RolePlan, cfg: SchedulerConfig) -> RolePrediction:
         train = max(train, cpu_train / cfg.host_cores)
     shared = set(rp.actor.ranks) & set(rp.rollout.ranks)
     switch = max((prof[types[r]].switch_s for r in shared), default=0.0)
-    sync_ranks = set(rp.rollout.ranks) | set(rp.actor.ranks)
+    model_ranks = set(rp.rollout.ranks) | set(rp.actor.ranks)  # every rank holding a copy of the policy
     sync = 0.0
-    if len(sync_ranks) > 1:
-        sync = max(prof[types[r]].sync_s for r in sync_ranks)
+    if len(model_ranks) > 1:
+        sync = max(prof[types[r]].sync_s for r in model_ranks)
         if cfg.link is not None:
-            sync += broadcast_time(wl.weight_bytes, len({rp.actor.ranks[0]} | set(rp.rollout.ranks)), cfg.link)
+            sync += broadcast_time(wl.weight_bytes, len(rp.sync_ranks), cfg.link)
     return RolePrediction(iteration_s=done + train + switch + sync, rollout_s=done, train_s=train,
                           switch_s=switch, sync_s=sync)
 

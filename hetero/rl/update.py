@@ -62,7 +62,8 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
     ``adv [N]``, ``ret [N]`` and optionally ``mask [N]`` (bool). ``shard = (index, count, group)`` splits every
     minibatch over ``count`` actor ranks and all-reduces the gradients weighted by shard size (None: one rank).
     ``emulator`` (a :class:`hetero.runtime.emulate.Emulator`; CPU benchmarks only) pads each minibatch's forward +
-    backward and optimizer step, not the all-reduce. Returns mean pg_loss, v_loss, kl, clip_fraction, entropy and the sample count."""
+    backward and optimizer step, not the all-reduce. Returns mean pg_loss, v_loss, kl, clip_fraction, entropy and
+    the sample count."""
     ac, sc, tc = cfg.algo, cfg.sampler, cfg.train
     n = batch["logp"].shape[0]
     mask_f = batch.get("mask", torch.ones(n, dtype=torch.bool))

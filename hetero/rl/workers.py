@@ -75,7 +75,7 @@ class RankRunner:
         self.my = roles.roles_of(rank)
         self.device = roles.device_of(rank)
         # collective groups: every rank creates every group, in the same order
-        self.sync_ranks = sorted({roles.actor.ranks[0]} | set(roles.rollout.ranks))
+        self.sync_ranks = roles.sync_ranks
         self.sync_group = dist.new_group(self.sync_ranks)
         self.actor_group = dist.new_group(sorted(roles.actor.ranks))
         self.chans = Channels(rank=rank, capacity=max(capacity, roles.k + 1))

@@ -5,8 +5,9 @@ From torchrun's RANK / LOCAL_RANK / LOCAL_WORLD_SIZE and the plan (HETERO_PLAN) 
 sets: HETERO_DEVICE_TYPE, HETERO_DEVICE (``cuda:<i>`` numbering only this host's ranks of that device kind,
 ``cpu``), HETERO_STAGE, HETERO_DP_INDEX, HETERO_TP_INDEX, HETERO_NODE, and with HETERO_EMULATE=1 on CPU ranks
 HETERO_SLOWDOWN (the rank type's speed relative to the cluster's fastest type; tests and benchmarks only;
-HETERO_SLOWDOWN_BY_RANK="1,2" gives it per rank instead, and pins too), HETERO_EMULATE_PHASE and HETERO_EMULATE_CPUS (the cores
-the rank is pinned to, so that emulated ranks' duty cycles fit this host's cores; set it to override).
+HETERO_SLOWDOWN_BY_RANK="1,2" gives it per rank instead, and pins too), HETERO_EMULATE_PHASE and
+HETERO_EMULATE_CPUS (the cores the rank is pinned to, so that emulated ranks' duty cycles fit this host's cores;
+set it to override).
 
     python -m hetero.runtime.worker [-m] script.py args...      # normally started by hetero-run, not by hand
 """
