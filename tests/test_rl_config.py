@@ -31,3 +31,17 @@ def test_overrides_and_errors_name_the_key():
         build(RLConfig, {"algo": {"name": "grpo", "group_size": 4}, "env": {"num_envs": 8}})
     with pytest.raises(ConfigError, match="file not found"):
         load_config("examples/rl/missing.yaml")
+
+
+def test_per_task_demo_counts_override_and_unknown_tasks_are_named():
+    from hetero.rl.sft import demo_counts
+
+    cfg = load_config("examples/rl/metaworld_mt10_flow_sde.yaml", ["sft.task_demos={reach-v3: 4, push-v3: 2}"])
+    counts = demo_counts(cfg)
+    assert len(counts) == 10 and counts["reach-v3"] == 4 and counts["push-v3"] == 2
+    assert counts["button-press-topdown-v3"] == cfg.sft.demos_per_task == 1
+    bad = load_config("examples/rl/metaworld_mt10_flow_sde.yaml", ["sft.task_demos={reach-v9: 4}"])
+    with pytest.raises(ConfigError, match=r"^sft\.task_demos: names \['reach-v9'\]"):
+        demo_counts(bad)
+    with pytest.raises(ConfigError, match=r"^sft\.task_demos\.reach-v3: must be >= 1"):
+        build(RLConfig, {"sft": {"task_demos": {"reach-v3": 0}}})

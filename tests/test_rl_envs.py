@@ -66,6 +66,9 @@ def test_scripted_expert_demos_succeed():
         assert d["states"].shape[1] == 39 and d["actions"].shape[1] == 4
         assert len(d["states"]) == len(d["actions"]) < 150
         assert np.abs(d["actions"]).max() <= 1.0
+    counts = {"drawer-close-v3": 1, "button-press-v3": 2}
+    demos = collect_demos(MetaWorldConfig(tasks=list(counts), max_episode_steps=150), per_task=counts, seed=0)
+    assert [d["task"] for d in demos] == ["drawer-close-v3", "button-press-v3", "button-press-v3"]
 
 
 def test_dense_reward_pays_the_rest_of_the_episode_at_success():

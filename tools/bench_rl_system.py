@@ -5,10 +5,12 @@
 In one run: (1) profile the roles on this machine, alone and one thread (env chunk-step, policy sample, PPO update;
 offload and flatten costs) with ``hetero.rl.scheduler.measure_profile``; (2) run the RL system (``hetero-run``, one
 rank per device, hetero communicator) in: collocated sequential (all roles on all ranks, k=1: one rank alternates
-simulation and inference), disaggregated pipelined env | rollout | actor with k = 1, 2, 4, and the scheduler's
-choice for these devices; (3) report env-steps/s and samples/s of each (mean over iterations after the first,
+simulation and inference), disaggregated pipelined env | rollout | actor with k = 1, 2, 4, hybrid pipelined
+(env | rollout on half the ranks each, the actor data-parallel over all) with k = 2, 4, and the scheduler's choice
+for these devices; (3) report env-steps/s and samples/s of each (mean over iterations after the first,
 which includes start-up), the predicted iteration time of each placement against the measured one. Last line, one
-JSON object: ``{"pipeline_speedup": collocated sequential time / best pipelined k>1 time, "scheduler_vs_best":
+JSON object: ``{"pipeline_speedup": collocated sequential time / best pipelined (disaggregated or hybrid, k>1)
+time, "pipeline_speedup_disaggregated": the same over the disaggregated runs only, "scheduler_vs_best":
 measured time of the scheduler's choice / best measured time, "pred_error": mean |predicted - measured| /
 measured, "modes": {...}}``.
 
@@ -93,6 +95,10 @@ def _roles(mode: str, k: int, n: int, num_envs: int) -> dict:
         r = list(range(n))
         return {"mode": mode, "num_envs": num_envs, "k": k, "env": {"ranks": r}, "rollout": {"ranks": r},
                 "actor": {"ranks": r}}
+    if mode == "hybrid":  # env | rollout pipelined on half the ranks each, the actor data-parallel over all
+        half = (n + 1) // 2
+        return {"mode": mode, "num_envs": num_envs, "k": k, "env": {"ranks": list(range(half))},
+                "rollout": {"ranks": list(range(half, n))}, "actor": {"ranks": list(range(n))}}
     env = list(range(n - 2))
     return {"mode": mode, "num_envs": num_envs, "k": k, "env": {"ranks": env}, "rollout": {"ranks": [n - 2]},
             "actor": {"ranks": [n - 1]}}
@@ -185,6 +191,7 @@ def main(argv=None) -> int:
     best, runner = schedule(sc)
     runs = [("collocated_seq", RolePlan.from_dict(_roles("collocated", 1, a.devices, n_env)))]
     runs += [(f"disaggregated_k{k}", RolePlan.from_dict(_roles("disaggregated", k, a.devices, n_env))) for k in a.ks]
+    runs += [(f"hybrid_k{k}", RolePlan.from_dict(_roles("hybrid", k, a.devices, n_env))) for k in a.ks if k > 1]
     runs.append(("scheduler", best))
     modes = {}
     with Progress(transient=True) as bar:
@@ -217,13 +224,15 @@ def main(argv=None) -> int:
                   flush=True)
             bar.advance(task)
     seq = modes["collocated_seq"]["measured_iter_s"]
-    piped = min(modes[f"disaggregated_k{k}"]["measured_iter_s"] for k in a.ks if k > 1)
+    piped = {n: m["measured_iter_s"] for n, m in modes.items()  # env and rollout overlapping: k > 1
+             if n.startswith(("disaggregated_k", "hybrid_k")) and n != "disaggregated_k1"}
     best_t = min(m["measured_iter_s"] for m in modes.values())
     load = os.getloadavg()
     print(f"scheduler chose {best.describe()} (runner-up {runner.describe() if runner else '-'}); "
           f"wall {time.time() - t0:.0f} s; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on "
           f"{os.cpu_count()} cores", flush=True)
-    print(json.dumps({"pipeline_speedup": seq / piped,
+    print(json.dumps({"pipeline_speedup": seq / min(piped.values()),
+                      "pipeline_speedup_disaggregated": seq / min(t for n, t in piped.items() if n.startswith("dis")),
                       "scheduler_vs_best": modes["scheduler"]["measured_iter_s"] / best_t,
                       "pred_error": sum(m["pred_error"] for m in modes.values()) / len(modes), "modes": modes,
                       "profile": {"env": vars(prof.env), "rollout": vars(prof.rollout), "actor": vars(prof.actor),

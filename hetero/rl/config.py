@@ -52,6 +52,8 @@ class SFTConfig:
 
     demos_per_task: int = 3
     """Successful expert episodes per task (few-shot, leaves room for RL)."""
+    task_demos: dict[str, int] = field(default_factory=dict)
+    """Per-task counts that override demos_per_task (e.g. more for the goal-conditioned tasks)."""
     steps: int = 1000
     """Optimizer steps."""
     batch_size: int = 128
@@ -67,6 +69,8 @@ class SFTConfig:
 
     def __post_init__(self):
         check(self.demos_per_task >= 1, "demos_per_task", "must be >= 1")
+        for task, n in self.task_demos.items():
+            check(n >= 1, f"task_demos.{task}", "must be >= 1")
         check(self.steps >= 1, "steps", "must be >= 1")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.lr > 0, "lr", "must be > 0")

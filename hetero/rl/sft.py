@@ -2,9 +2,10 @@
 
     hetero rl sft --config examples/rl/metaworld_mt10_flow_sde.yaml     # writes cfg.sft.checkpoint
 
-The demos (``sft.demos_per_task`` successful expert episodes per task, on the training variations) are cut into
-every chunk of H consecutive actions (the last action repeated past the episode end), states are normalised with
-the demo statistics stored in the model, and the policy is trained by flow matching.
+The demos (``sft.demos_per_task`` successful expert episodes per task, or ``sft.task_demos[task]``, on the
+training variations) are cut into every chunk of H consecutive actions (the last action repeated past the episode
+end), states are normalised with the demo statistics stored in the model, and the policy is trained by flow
+matching.
 
 ManiSkill (``benchmark: maniskill``) demos come from its motion planner, converted to the policy's normalized
 joint-delta actions (:func:`hetero.rl.envs.maniskill.collect_demos`).
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hetero.config import ConfigError
 from hetero.models.vla import VLAPolicy
 from hetero.rl.config import RLConfig
 from hetero.rl.envs import collect_demos
@@ -101,6 +103,16 @@ def scratch_model(cfg: RLConfig) -> tuple[VLAPolicy, dict]:
                    "text": model.cfg.text, "checkpoint": cfg.sft.checkpoint}
 
 
+def demo_counts(cfg: RLConfig) -> dict[str, int]:
+    """Demos per task of the run: ``sft.task_demos`` where given, else ``sft.demos_per_task``; ConfigError for a
+    task in ``task_demos`` that the run does not train on."""
+    tasks = cfg.env.task_list()
+    unknown = sorted(set(cfg.sft.task_demos) - set(tasks))
+    if unknown:
+        raise ConfigError("sft.task_demos", f"names {unknown}, not among the run's tasks {tasks}")
+    return {t: cfg.sft.task_demos.get(t, cfg.sft.demos_per_task) for t in tasks}
+
+
 def run_sft(cfg: RLConfig, *, progress: bool = True) -> tuple[VLAPolicy, dict]:
     """Collect demos, train, write ``cfg.sft.checkpoint``; returns (model, summary dict). LIBERO: see
     :func:`scratch_model`."""
@@ -110,7 +122,7 @@ def run_sft(cfg: RLConfig, *, progress: bool = True) -> tuple[VLAPolicy, dict]:
     if cfg.benchmark == "libero":
         return scratch_model(cfg)
     torch.manual_seed(cfg.sft.seed)
-    demos = collect_demos(cfg.env, per_task=cfg.sft.demos_per_task, seed=cfg.sft.seed)
+    demos = collect_demos(cfg.env, per_task=demo_counts(cfg), seed=cfg.sft.seed)
     t_demo = time.time() - t0
     data = make_dataset(demos, cfg.policy.horizon)
     model = build_model(cfg, state_dim=data["state"].shape[1], action_dim=data["actions"].shape[2])

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 def _benchmark(cfg):
     """(module, EnvSlice subclass) of the benchmark whose config ``cfg`` is."""
@@ -26,9 +28,10 @@ def make_vec_env(cfg, *, start_method: str = "forkserver"):
     return _benchmark(cfg)[0].make_vec_env(cfg, start_method=start_method)
 
 
-def collect_demos(cfg, *, per_task: int, seed: int = 0) -> list[dict]:
+def collect_demos(cfg, *, per_task: int | Mapping[str, int], seed: int = 0) -> list[dict]:
     """Scripted demonstrations of the benchmark ``cfg`` configures (Meta-World's expert policies, ManiSkill's motion
-    planner); ConfigError for a benchmark with none offline (LIBERO)."""
+    planner), ``per_task`` successful episodes per task (a count, or one count per task name); ConfigError for a
+    benchmark with none offline (LIBERO)."""
     module = _benchmark(cfg)[0]
     if not hasattr(module, "collect_demos"):
         from hetero.config import ConfigError

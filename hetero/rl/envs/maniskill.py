@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -302,9 +303,10 @@ def convert_plan(sl: ManiSkillSlice, j: int, plan: np.ndarray, episode_seed: int
     return {"states": np.stack(states), "actions": np.stack(actions), "success": bool(success), "seed": episode_seed}
 
 
-def collect_demos(cfg: ManiSkillConfig, *, per_task: int, seed: int = 0, max_tries: int = 5,
+def collect_demos(cfg: ManiSkillConfig, *, per_task: int | Mapping[str, int], seed: int = 0, max_tries: int = 5,
                   speedup: int | None = None) -> list[dict]:
-    """Motion-planner demonstrations converted to ``pd_joint_delta_pos``, ``per_task`` successful ones per task.
+    """Motion-planner demonstrations converted to ``pd_joint_delta_pos``, ``per_task`` successful ones per task
+    (or ``per_task[task]``).
 
     Runs in this process: per task one ``pd_joint_pos`` env for the planner and one env of the policy's action space
     in which the plan is converted (:func:`convert_plan`). Each demo is a dict: task, instruction, states ``[T, S]``
@@ -328,10 +330,11 @@ def collect_demos(cfg: ManiSkillConfig, *, per_task: int, seed: int = 0, max_tri
         planner_env = _make_env(task, control_mode="pd_joint_pos", reward_mode="sparse", max_episode_steps=10_000,
                                 wrap=False)
         rng = np.random.default_rng([seed, cfg.variation_seed, ti, 1])
+        want = per_task[task] if isinstance(per_task, Mapping) else per_task
         got, lengths = 0, []
         try:
-            for _ in range(per_task * max_tries):
-                if got == per_task:
+            for _ in range(want * max_tries):
+                if got == want:
                     break
                 episode_seed = int(rng.integers(2**31))
                 plan = _plan(solve, planner_env, episode_seed)
@@ -346,8 +349,8 @@ def collect_demos(cfg: ManiSkillConfig, *, per_task: int, seed: int = 0, max_tri
         finally:
             sl.close()
             planner_env.close()
-        if got < per_task:
-            raise RuntimeError(f"motion-planner demos for {task}: only {got}/{per_task} succeeded within "
+        if got < want:
+            raise RuntimeError(f"motion-planner demos for {task}: only {got}/{want} succeeded within "
                                f"max_episode_steps={cfg.max_episode_steps} with demo_speedup={speedup} (lengths "
                                f"{lengths}; None: failed): raise env.max_episode_steps or env.demo_speedup")
     return demos

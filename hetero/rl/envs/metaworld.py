@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -195,8 +196,10 @@ def make_vec_env(cfg: MetaWorldConfig, *, start_method: str = "forkserver") -> C
                        start_method=start_method)
 
 
-def collect_demos(cfg: MetaWorldConfig, *, per_task: int, seed: int = 0, max_tries: int = 5) -> list[dict]:
-    """Scripted-expert demonstrations, ``per_task`` successful episodes per task, run in this process.
+def collect_demos(cfg: MetaWorldConfig, *, per_task: int | Mapping[str, int], seed: int = 0,
+                  max_tries: int = 5) -> list[dict]:
+    """Scripted-expert demonstrations, ``per_task`` successful episodes per task (or ``per_task[task]``), run in
+    this process.
 
     Each demo is a dict: task, instruction, states ``[T, S]`` float32, actions ``[T, A]`` float32 (clipped to
     [-1, 1]), images ``[T, C, 3, h, w]`` uint8 when cameras are on. Episodes that fail are retried with another
@@ -212,9 +215,10 @@ def collect_demos(cfg: MetaWorldConfig, *, per_task: int, seed: int = 0, max_tri
                               image_size=cfg.image_size)
         sl = MetaWorldSlice(one, [0], seed * 1000 + ti)
         expert = ENV_POLICY_MAP[task]()
+        want = per_task[task] if isinstance(per_task, Mapping) else per_task
         got = 0
-        for _ in range(per_task * max_tries):
-            if got == per_task:
+        for _ in range(want * max_tries):
+            if got == want:
                 break
             o = sl.reset_one(0)
             states, actions, images = [], [], []
@@ -236,6 +240,6 @@ def collect_demos(cfg: MetaWorldConfig, *, per_task: int, seed: int = 0, max_tri
                 demos.append(d)
                 got += 1
         sl.close()
-        if got < per_task:
-            raise RuntimeError(f"scripted expert for {task} succeeded only {got}/{per_task} times")
+        if got < want:
+            raise RuntimeError(f"scripted expert for {task} succeeded only {got}/{want} times")
     return demos
