@@ -29,6 +29,7 @@ def test_train_expert_only_freezes_the_prefix_encoder(expert_only):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     stats = ppo_update(model, opt, _batch(model), cfg, iteration=1)
     assert stats["samples"] == 32 and stats["kl"] >= 0
+    assert stats["update_steps"] == 2 and stats["update_compute_s"] > 0 and stats["update_comm_s"] == 0.0  # 32 / 16
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     prefix = {n for n in before if not model.is_expert_param(n) and not n.startswith("value_head")}
     assert any(model.is_expert_param(n) for n in moved) and any(n.startswith("value_head") for n in moved)

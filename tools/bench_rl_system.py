@@ -217,11 +217,16 @@ def main(argv=None) -> int:
                            "env_steps_per_s": env_sps, "samples_per_s": samples / it_s,
                            "switch_mib": max(r["switch_bytes"] for r in recs) / 2**20,
                            "rollout_s": sum(r["rollout_s"] for r in recs) / len(recs),
-                           "train_s": sum(r["train_s"] for r in recs) / len(recs)}
+                           "train_s": sum(r["train_s"] for r in recs) / len(recs),
+                           # the first actor rank's train_s split: waiting for / receiving the trajectories, the
+                           # update's compute (padded) and its gradient all-reduces
+                           **{k: sum(r[k] for r in recs) / len(recs)
+                              for k in ("assemble_s", "update_compute_s", "update_comm_s")}}
             m = modes[name]
             print(f"{name:18s} {m['placement']:60s} iter {it_s:.3f}s (pred {m['predicted_iter_s']:.3f}s, "
-                  f"err {m['pred_error']:.1%}) env-steps/s {env_sps:.0f} samples/s {m['samples_per_s']:.1f}",
-                  flush=True)
+                  f"err {m['pred_error']:.1%}) env-steps/s {env_sps:.0f} samples/s {m['samples_per_s']:.1f}; "
+                  f"update {m['update_compute_s']:.3f}s + all-reduce {m['update_comm_s']:.3f}s (pred "
+                  f"{m['predicted_train_s']:.3f}s), trajectories {m['assemble_s']:.3f}s", flush=True)
             bar.advance(task)
     seq = modes["collocated_seq"]["measured_iter_s"]
     piped = {n: m["measured_iter_s"] for n, m in modes.items()  # env and rollout overlapping: k > 1

@@ -13,6 +13,7 @@ Tests: ``python -m pytest -q tests/test_rl_e2e.py tests/test_rlsys_system.py``.
 from __future__ import annotations
 
 import contextlib
+import time
 
 import numpy as np
 import torch
@@ -62,8 +63,9 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
     ``adv [N]``, ``ret [N]`` and optionally ``mask [N]`` (bool). ``shard = (index, count, group)`` splits every
     minibatch over ``count`` actor ranks and all-reduces the gradients weighted by shard size (None: one rank).
     ``emulator`` (a :class:`hetero.runtime.emulate.Emulator`; CPU benchmarks only) pads each minibatch's forward +
-    backward and optimizer step, not the all-reduce. Returns mean pg_loss, v_loss, kl, clip_fraction, entropy and
-    the sample count."""
+    backward and optimizer step, not the all-reduce. Returns mean pg_loss, v_loss, kl, clip_fraction, entropy, the
+    sample count, the optimizer steps taken and the seconds spent in compute (forward + backward + optimizer step,
+    padded where emulated) and in the gradient all-reduce."""
     ac, sc, tc = cfg.algo, cfg.sampler, cfg.train
     n = batch["logp"].shape[0]
     mask_f = batch.get("mask", torch.ones(n, dtype=torch.bool))
@@ -79,6 +81,8 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
     stats = {"pg_loss": [], "v_loss": [], "kl": [], "clipfrac": [], "entropy": []}
     perm_gen = torch.Generator().manual_seed(tc.seed * 31 + iteration)
     stop = False
+    t_compute = t_comm = 0.0
+    steps = 0
 
     def compute(kind: str):
         return emulator.compute(kind=kind) if emulator is not None else contextlib.nullcontext()
@@ -97,6 +101,7 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
             if len(mb):
                 mo = index_obs(flat_obs, mb)
                 mo = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in mo.items()}
+                t0 = time.perf_counter()
                 with compute(f"fwd-bwd{len(mb)}"):
                     new_logp, ent, new_v = replay(model, mo, chain_f[mb].to(device), ind_f[mb].to(device), sc)
                     pg, st = algos.ppo_actor_loss(new_logp, logp_f[mb].to(device), adv_f[mb].to(device), clip=ac.clip)
@@ -113,15 +118,21 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
                     loss.backward()
                     vals = [pg.item(), vl.item() if vl is not None else 0.0, st.approx_kl, st.clip_fraction,
                             ent.mean().item()]
+                t_compute += time.perf_counter() - t0
             if warmup:  # critic warm-up: only the value head moves
                 for p in params:
                     if id(p) in policy_ids:
                         p.grad = None
             if shard is not None and shard[1] > 1:
+                t0 = time.perf_counter()
                 vals = _allreduce_grads(params, vals, w, shard[2], device)
+                t_comm += time.perf_counter() - t0
+            t0 = time.perf_counter()
             with compute("optimizer-step"):
                 torch.nn.utils.clip_grad_norm_(model.parameters(), ac.max_grad_norm)
                 opt.step()
+            t_compute += time.perf_counter() - t0
+            steps += 1
             stats["pg_loss"].append(vals[0])
             if ac.name == "ppo":
                 stats["v_loss"].append(vals[1])
@@ -136,7 +147,7 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
 
     return {"pg_loss": mean("pg_loss"), "v_loss": mean("v_loss"), "kl": mean("kl"),
             "clip_fraction": mean("clipfrac"), "entropy": mean("entropy"), "samples": int(len(sel_all)),
-            "warmup": warmup}
+            "warmup": warmup, "update_steps": steps, "update_compute_s": t_compute, "update_comm_s": t_comm}
 
 
 def _allreduce_grads(params, vals, w, group, device) -> list[float]:

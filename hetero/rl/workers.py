@@ -223,7 +223,9 @@ class RankRunner:
 
     def _train(self, it: int) -> dict:
         ac = self.cfg.algo
+        t0 = time.perf_counter()
         b = self._assemble()
+        t_assemble = time.perf_counter() - t0  # waiting for and receiving every micro-batch's trajectory
         T, n_env = b["T"], self.roles.num_envs
         rewards, dones, values_t = b["reward"], b["done"], b["value"]
         mask = torch.ones(T, n_env, dtype=torch.bool)
@@ -249,7 +251,8 @@ class RankRunner:
         return {"success_rate": float(np.mean([e["success_once"] for e in eps])) if eps else None,
                 "return": float(np.mean([e["return"] for e in eps])) if eps else None,
                 "episodes": len(eps), "env_steps": b["env_steps"],
-                "policy_steps_per_s": T * n_env / max(b["t_policy"], 1e-9), **st, "restarts": b["restarts"]}
+                "policy_steps_per_s": T * n_env / max(b["t_policy"], 1e-9), **st, "restarts": b["restarts"],
+                "assemble_s": t_assemble}
 
     # -- the iteration
     def run(self, iterations: int, *, out_dir: str | None = None) -> list[dict]:
