@@ -153,8 +153,11 @@ def main(argv=None) -> int:
     print(f"{a.devices} ranks on {cores} cores: each emulates a device {slowdown:g}x slower than a core "
           f"(CPU demand {a.devices / slowdown:.2f} cores); {iterations} iterations per run, the first not timed",
           flush=True)
-    prof = measure_profile(cfg, sizes=sorted({n_env // k for k in a.ks}), sample_sizes=[samples // 4, samples // 2,
-                                                                                          samples], slowdown=slowdown)
+    # the update is fitted over 1/8 to 2x an iteration's samples (1, 1, 1, 2, 4 optimizer steps here), so that its
+    # cost per step and per sample separate, and a data-parallel rank's small share is inside the measured range
+    prof = measure_profile(cfg, sizes=sorted({n_env // k for k in a.ks}),
+                           sample_sizes=[samples // 8, samples // 4, samples // 2, samples, 2 * samples],
+                           slowdown=slowdown)
     # the collectives of the update and the weight sync, priced by the predictor over a link fitted to gloo's
     # all-reduce between this many local processes
     model, _ = load_checkpoint(str(ckpt))
