@@ -6,8 +6,11 @@ slow link between two device types (emulated with two network namespaces joined 
 
 Part 1 (one ``mpiexec`` launch per world size, all implementations side by side in the same processes; each
 sample times one op started after a barrier, the slowest rank's time counts; the implementations take turns
-sample by sample, so a slow spell of the shared machine hits them all alike; ``--rounds`` x a size-dependent count
-of samples each, and the median is kept): all_reduce, all_gather, broadcast, send/recv over
+sample by sample in an order that rotates every sample, so a slow spell of the shared machine hits them all
+alike and none always runs first; ``--rounds`` x a size-dependent count
+of samples each; a row's time is the median sample, and every ratio in the summary is the median over samples of
+the paired ratio t_gloo / t_impl, which cancels the machine's slow spells): all_reduce, all_gather, broadcast,
+send/recv over
   gloo           plain torch.distributed gloo group
   gloo-control   a second plain gloo group: the same library measured again, so control_vs_native_min is the
                  noise floor of a per-cell minimum ratio on this machine
@@ -33,7 +36,6 @@ import json
 import math
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -53,7 +55,14 @@ def _busbw(op: str, nbytes: int, t: float, n: int) -> float:
 
 
 def _iters(mb: int) -> int:
-    return max(2, min(10, 32 // mb))
+    """Samples per round for an ``mb``-MB cell: 64 at 1 MB down to 4 at 16-64 MB (small ops are fast and noisy)."""
+    return max(4, 64 // mb)
+
+
+def _rotation(k: int, i: int) -> list[int]:
+    """Order of the ``k`` implementations in sample ``i``: rotated by ``i``, so each takes every position
+    equally often (the op that runs right after another one on the same sockets is measurably slower here)."""
+    return [(i + j) % k for j in range(k)]
 
 
 # -- worker side ------------------------------------------------------------------------------------------
@@ -141,20 +150,22 @@ def worker(args) -> None:
                 run(name)  # warm-up
             it = _iters(mb) * args.rounds
             samples = torch.empty(len(impls), it, dtype=torch.float64)
-            for i in range(it):  # implementations interleaved per sample: a slow spell of the machine hits all
-                for j, name in enumerate(impls):
+            names = list(impls)
+            for i in range(it):  # implementations interleaved per sample: a slow spell of the machine hits all;
+                for j in _rotation(len(names), i):  # the order rotates, so no implementation always runs first
+                    name = names[j]
                     dist.barrier()  # each sample: all ranks start together, slowest rank's time counts
                     t0 = time.perf_counter()
                     run(name)
                     samples[j, i] = time.perf_counter() - t0
                 buf.fill_(1.0)
             dist.all_reduce(samples, op=dist.ReduceOp.MAX)
-            pooled = {name: samples[j].tolist() for j, name in enumerate(impls)}
             if rank == 0:
-                for name, ts in pooled.items():
-                    t = statistics.median(ts)
-                    row = {"part": args.mode, "impl": name, "op": op, "world": world, "mb": mb,
-                           "time_ms": round(t * 1e3, 3), "busbw_gbs": round(_busbw(op, mb << 20, t, world) / 1e9, 4)}
+                for j, name in enumerate(impls):
+                    t = samples[j].median().item()
+                    row = {"part": args.mode, "impl": name, "op": op, "world": world, "mb": mb, "samples": it,
+                           "time_ms": round(t * 1e3, 3), "busbw_gbs": round(_busbw(op, mb << 20, t, world) / 1e9, 4),
+                           "vs_gloo": round((samples[0] / samples[j]).median().item(), 4)}
                     print("ROW " + json.dumps(row), flush=True)
     dist.barrier()
     dist.destroy_process_group()
@@ -265,7 +276,9 @@ def _geo(xs: list[float]) -> float | None:
 
 
 def _ratios(rows: list[dict], a: str, b: str, part_prefix: str, ops=OPS, mbs=None) -> list[float]:
-    idx = {(r["part"], r["impl"], r["op"], r["world"], r["mb"]): r["busbw_gbs"] for r in rows}
+    """Per cell (part, op, world, size): throughput of ``a`` over ``b`` as the median over samples of the paired
+    ratio t_gloo / t_impl (both timed back to back in the same sample), divided for ``b`` other than gloo."""
+    idx = {(r["part"], r["impl"], r["op"], r["world"], r["mb"]): r["vs_gloo"] for r in rows}
     out = []
     for (part, impl, op, world, mb), v in idx.items():
         if impl != a or not part.startswith(part_prefix) or op not in ops or (mbs and mb not in mbs):
@@ -299,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes-mb", default="1,4,16,64", help="message sizes in MB (comma list)")
     p.add_argument("--worlds", default="2,4", help="world sizes (comma list)")
     p.add_argument("--ops", default=",".join(OPS), help="ops (comma list)")
-    p.add_argument("--rounds", type=int, default=3, help="samples per cell = rounds x a size-dependent count (10 at 1 MB, 2 at 64 MB); median kept")
+    p.add_argument("--rounds", type=int, default=3, help="samples per cell = rounds x a size-dependent count (64 at 1 MB, 4 at 16-64 MB); median kept")
     p.add_argument("--no-mpi", dest="mpi", action="store_false", help="skip mpi4py and the MPI bridge")
     p.add_argument("--no-netns", dest="netns", action="store_false", help="skip the namespace part")
     p.add_argument("--rate-mbit", type=int, default=1000, help="veth rate limit between the two types")

@@ -158,7 +158,10 @@ class _LazyWork(dist.Work):
     def wait(self, timeout=None) -> bool:
         with self._lock:
             if not self._finished:
-                self._sub.wait(self._op, self._w, self._peers)
+                try:
+                    self._w.wait()
+                except Exception as e:
+                    raise self._sub.error(self._op, e, self._peers) from None
                 if self._then is not None:
                     self._then()
                 self._finished = True
@@ -197,6 +200,15 @@ class HeteroProcessGroup(dist.ProcessGroup):
         self._recheck = False
         self._map = _describe(self.topo, self.groups, cfg, name)
         _log_map(self._map, rank)
+        # resolved once, off the per-op path: rank, size, the in-type group for host tensors, and point-to-point
+        # routes (peer -> (sub-group, its rank there)) for host and device tensors
+        self._me, self._n = rank, size
+        self._host_sub = self.groups.intra_host or self.groups.world
+        dev_sub = self.groups.intra or self.groups.world
+        same = [self.topo.type_index(r) == self.topo.type_index(rank) for r in range(size)]
+        self._p2p_host = [(self._host_sub, self._host_sub.local(r)) if same[r] else (self.groups.world, r)
+                          for r in range(size)]
+        self._p2p_dev = [(dev_sub, dev_sub.local(r)) if same[r] else (self.groups.world, r) for r in range(size)]
 
     # -- identity -------------------------------------------------------------------------------------------
     def getBackendName(self) -> str:  # noqa: N802 - torch API
@@ -234,16 +246,16 @@ class HeteroProcessGroup(dist.ProcessGroup):
             return
         self._recheck = False
         me = torch.tensor([_OP_CODES[op], *values], dtype=torch.int64)
-        outs = [torch.empty_like(me) for _ in range(self.size())]
+        outs = [torch.empty_like(me) for _ in range(self._n)]
         self.groups.world.call(op, lambda: self.groups.world.backend.allgather([outs], [me],
                                                                                AllgatherOptions()))
         rows = [o.tolist() for o in outs]
-        bad = [r for r in range(len(rows)) if rows[r] != rows[self.rank()]]
+        bad = [r for r in range(len(rows)) if rows[r] != rows[self._me]]
         if bad:
             self._recheck = True  # every rank saw it: check the next call too
             names = ["op", "numel", "dtype", "root", "extra"]
             detail = "; ".join(f"rank {r}: " + ", ".join(f"{names[i]}={v}" for i, v in enumerate(rows[r]))
-                               for r in [self.rank(), *bad])
+                               for r in [self._me, *bad])
             raise CommError(op=op, group=self._name, ranks=bad,
                             message=f"ranks called it with different arguments ({detail}); nothing was sent")
 
@@ -261,6 +273,8 @@ class HeteroProcessGroup(dist.ProcessGroup):
 
     def _native(self, t: torch.Tensor) -> SubGroup:
         """Single-type path: the native group for ``t`` (host gloo for host tensors under nccl & co.)."""
+        if t.device.type == "cpu":
+            return self._host_sub
         g = self.groups.inner(t)
         return g if g is not None else self.groups.world
 
@@ -274,10 +288,12 @@ class HeteroProcessGroup(dist.ProcessGroup):
             sub = self._native(t)
             red, avg = H.split_avg(op, group=self._name, name="all_reduce")
             if sub.library == "gloo" or not avg:
-                o = dist.AllreduceOptions()
-                o.reduceOp = red if sub.library == "gloo" else op
+                o = opts
+                if avg:  # gloo has no AVG: SUM, then divide
+                    o = dist.AllreduceOptions()
+                    o.reduceOp = red
                 w = sub.backend.allreduce([t], o)
-                then = (lambda: H.divide(t, self.size())) if (avg and sub.library == "gloo") else None
+                then = (lambda: H.divide(t, self._n)) if (avg and sub.library == "gloo") else None
                 return _checked(w, sub, "all_reduce", then=then, result=[t])
         return self._run("all_reduce", lambda: (H.all_reduce(self.groups, t, op), [t])[1],
                          (t.numel(), _dcode(t), -1, 0), opts.asyncOp)
@@ -304,11 +320,9 @@ class HeteroProcessGroup(dist.ProcessGroup):
         src = opts.rootRank
         if self.topo.single_type:
             self._check("broadcast", t.numel(), _dcode(t), src, 0)
-            sub = self._native(t)
-            o = dist.BroadcastOptions()
-            o.rootRank, o.rootTensor = src, 0
-            peers = None if src == self.rank() else [src]
-            return _checked(sub.backend.broadcast([t], o), sub, "broadcast", peers, result=[t])
+            sub = self._native(t)  # the same ranks in the same order: the caller's options apply as they are
+            peers = None if src == self._me else [src]
+            return _checked(sub.backend.broadcast([t], opts), sub, "broadcast", peers, result=[t])
         return self._run("broadcast", lambda: (H.broadcast(self.groups, t, src), [t])[1],
                          (t.numel(), _dcode(t), src, 0), opts.asyncOp)
 
@@ -322,7 +336,7 @@ class HeteroProcessGroup(dist.ProcessGroup):
             red, avg = H.split_avg(op, group=self._name, name="reduce")
             o = dist.ReduceOptions()
             o.reduceOp, o.rootRank, o.rootTensor = red, dst, 0
-            then = (lambda: H.divide(t, self.size())) if (avg and self.rank() == dst) else None
+            then = (lambda: H.divide(t, self._n)) if (avg and self._me == dst) else None
             return _checked(sub.backend.reduce([t], o), sub, "reduce", then=then, result=[t])
         return self._run("reduce", lambda: (H.reduce(self.groups, t, op, dst), [t])[1],
                          (t.numel(), _dcode(t), dst, 0), opts.asyncOp)
@@ -356,27 +370,27 @@ class HeteroProcessGroup(dist.ProcessGroup):
         return _done([outs])
 
     def _check_outs(self, op: str, outs, t) -> None:
-        if len(outs) != self.size():
+        if len(outs) != self._n:
             raise CommError(op=op, group=self._name, ranks=[], message=f"output list has {len(outs)} tensors, "
-                            f"group has {self.size()} ranks")
-        if outs[self.rank()].numel() != t.numel() or any(o.dtype != t.dtype for o in outs):
-            raise CommError(op=op, group=self._name, ranks=[], message=f"output[{self.rank()}] has "
-                            f"{outs[self.rank()].numel()} elements ({outs[self.rank()].dtype}) but the input has "
+                            f"group has {self._n} ranks")
+        if outs[self._me].numel() != t.numel() or any(o.dtype != t.dtype for o in outs):
+            raise CommError(op=op, group=self._name, ranks=[], message=f"output[{self._me}] has "
+                            f"{outs[self._me].numel()} elements ({outs[self._me].dtype}) but the input has "
                             f"{t.numel()} ({t.dtype})")
 
     def all_gather_single(self, output, input, opts=None):  # noqa: A002 - torch API
         k = input.numel()
-        if output.numel() != k * self.size():
+        if output.numel() != k * self._n:
             raise CommError(op="all_gather_into_tensor", group=self._name, ranks=[],
-                            message=f"output has {output.numel()} elements, expected {self.size()} x {k}")
+                            message=f"output has {output.numel()} elements, expected {self._n} x {k}")
         sub = self._native(input) if self.topo.single_type else None
         if sub is not None and hasattr(sub.backend, "_allgather_base") and input.is_contiguous() \
                 and output.is_contiguous():
-            self._check("all_gather", self.size(), _dcode(input), -1, output.numel())
+            self._check("all_gather", self._n, _dcode(input), -1, output.numel())
             return _checked(sub.backend._allgather_base(output, input, AllgatherOptions()), sub,
                             "all_gather_into_tensor", result=[output])
         flat = output.view(-1)
-        return self.allgather([[flat[i * k:(i + 1) * k] for i in range(self.size())]], [input.reshape(-1)], opts)
+        return self.allgather([[flat[i * k:(i + 1) * k] for i in range(self._n)]], [input.reshape(-1)], opts)
 
     _allgather_base = all_gather_single
 
@@ -391,9 +405,9 @@ class HeteroProcessGroup(dist.ProcessGroup):
         op = opts.reduceOp if opts is not None else dist.ReduceOp.SUM
         out = _one(output_tensors, "reduce_scatter")
         ins = list(input_tensors[0])
-        if len(ins) != self.size() or ins[self.rank()].numel() != out.numel():
+        if len(ins) != self._n or ins[self._me].numel() != out.numel():
             raise CommError(op="reduce_scatter", group=self._name, ranks=[],
-                            message=f"input list must have {self.size()} tensors, entry {self.rank()} with "
+                            message=f"input list must have {self._n} tensors, entry {self._me} with "
                             f"{out.numel()} elements")
         total = sum(i.numel() for i in ins)
         if self.topo.single_type:
@@ -402,7 +416,7 @@ class HeteroProcessGroup(dist.ProcessGroup):
             o = dist.AllreduceOptions()
             o.reduceOp = op
             self.allreduce([flat], o).wait()
-            start = sum(i.numel() for i in ins[: self.rank()])
+            start = sum(i.numel() for i in ins[: self._me])
             out.copy_(flat[start: start + out.numel()].view(out.shape))
             return _done([out])
         return self._run("reduce_scatter", lambda: (H.reduce_scatter(self.groups, out, ins, op), [out])[1],
@@ -410,9 +424,9 @@ class HeteroProcessGroup(dist.ProcessGroup):
 
     def reduce_scatter_single(self, output, input, opts=None):  # noqa: A002 - torch API
         k = output.numel()
-        if input.numel() != k * self.size():
+        if input.numel() != k * self._n:
             raise CommError(op="reduce_scatter_tensor", group=self._name, ranks=[],
-                            message=f"input has {input.numel()} elements, expected {self.size()} x {k}")
+                            message=f"input has {input.numel()} elements, expected {self._n} x {k}")
         op = opts.reduceOp if opts is not None else dist.ReduceOp.SUM
         sub = self._native(input) if self.topo.single_type else None
         if sub is not None and hasattr(sub.backend, "_reduce_scatter_base") and input.is_contiguous() \
@@ -421,11 +435,11 @@ class HeteroProcessGroup(dist.ProcessGroup):
             red, avg = H.split_avg(op, group=self._name, name="reduce_scatter_tensor")
             o = dist.ReduceScatterOptions()
             o.reduceOp = red if sub.library == "gloo" else op
-            then = (lambda: H.divide(output, self.size())) if (avg and sub.library == "gloo") else None
+            then = (lambda: H.divide(output, self._n)) if (avg and sub.library == "gloo") else None
             return _checked(sub.backend._reduce_scatter_base(output, input, o), sub, "reduce_scatter_tensor",
                             then=then, result=[output])
         flat = input.reshape(-1)
-        return self.reduce_scatter([output.view(-1)], [[flat[i * k:(i + 1) * k] for i in range(self.size())]],
+        return self.reduce_scatter([output.view(-1)], [[flat[i * k:(i + 1) * k] for i in range(self._n)]],
                                    opts)
 
     _reduce_scatter_base = reduce_scatter_single
@@ -442,9 +456,9 @@ class HeteroProcessGroup(dist.ProcessGroup):
         t = _one(input_tensors, "gather")
         dst = opts.rootRank
         outs = list(output_tensors[0]) if output_tensors else None
-        if outs is not None and (len(outs) != self.size() or any(o.numel() != t.numel() for o in outs)):
+        if outs is not None and (len(outs) != self._n or any(o.numel() != t.numel() for o in outs)):
             raise CommError(op="gather", group=self._name, ranks=[],
-                            message=f"gather_list must hold {self.size()} tensors of {t.numel()} elements")
+                            message=f"gather_list must hold {self._n} tensors of {t.numel()} elements")
         fn = lambda: (H.gather(self.groups, outs, t, dst), [outs or []])[1]  # noqa: E731
         return self._maybe_thread("gather", fn, (t.numel(), _dcode(t), dst, 0), _async(opts))
 
@@ -453,15 +467,15 @@ class HeteroProcessGroup(dist.ProcessGroup):
         out = _one(output_tensors, "scatter")
         src = opts.rootRank
         ins = list(input_tensors[0]) if input_tensors else None
-        if ins is not None and (len(ins) != self.size() or any(i.numel() != out.numel() for i in ins)):
+        if ins is not None and (len(ins) != self._n or any(i.numel() != out.numel() for i in ins)):
             raise CommError(op="scatter", group=self._name, ranks=[],
-                            message=f"scatter_list must hold {self.size()} tensors of {out.numel()} elements")
+                            message=f"scatter_list must hold {self._n} tensors of {out.numel()} elements")
         fn = lambda: (H.scatter(self.groups, out, ins, src), [out])[1]  # noqa: E731
         return self._maybe_thread("scatter", fn, (out.numel(), _dcode(out), src, 0), _async(opts))
 
     def all_to_all_single(self, output, input, output_split_sizes, input_split_sizes, opts=None):  # noqa: A002
         osz, isz = list(output_split_sizes), list(input_split_sizes)
-        n = self.size()
+        n = self._n
         if (osz and len(osz) != n) or (isz and len(isz) != n):
             raise CommError(op="all_to_all_single", group=self._name, ranks=[],
                             message=f"split sizes must have {n} entries, got {len(osz)} and {len(isz)}")
@@ -479,9 +493,9 @@ class HeteroProcessGroup(dist.ProcessGroup):
 
     def alltoall(self, output_tensors, input_tensors, opts=None):
         outs, ins = list(output_tensors), list(input_tensors)
-        if len(outs) != self.size() or len(ins) != self.size():
+        if len(outs) != self._n or len(ins) != self._n:
             raise CommError(op="all_to_all", group=self._name, ranks=[],
-                            message=f"input and output lists must hold {self.size()} tensors each")
+                            message=f"input and output lists must hold {self._n} tensors each")
         fn = lambda: (H.all_to_all(self.groups, outs, ins), outs)[1]  # noqa: E731
         dc = _dcode(ins[0])
         return self._maybe_thread("all_to_all", fn, (len(ins), dc, -1, 0), _async(opts))
@@ -502,42 +516,46 @@ class HeteroProcessGroup(dist.ProcessGroup):
 
     # -- point to point -------------------------------------------------------------------------------------
     def _p2p_group(self, peer: int, t: torch.Tensor) -> tuple[SubGroup, int]:
-        if not 0 <= peer < self.size():
+        """(sub-group, rank there) that carries a message to/from ``peer``: the type's own group when
+        ``peer`` has this rank's type (host gloo for host tensors), else the flat host group."""
+        routes = self._p2p_host if t.device.type == "cpu" else self._p2p_dev
+        if not 0 <= peer < len(routes):
             raise CommError(op="send/recv", group=self._name, ranks=[peer],
-                            message=f"peer rank {peer} is outside the group of size {self.size()}")
-        if self.topo.type_index(peer) == self.topo.type_index(self.rank()):
-            sub = self._native(t)
-            return sub, sub.local(peer)
-        return self.groups.world, peer
+                            message=f"peer rank {peer} is outside the group of size {len(routes)}")
+        return routes[peer]
 
     def send(self, tensors, dstRank, tag=0):  # noqa: N803 - torch API
         t = _one(tensors, "send")
         sub, peer = self._p2p_group(dstRank, t)
-        if sub is self.groups.world and t.device.type != "cpu":
-            h = to_host(t.contiguous())
-            return _LazyWork(sub.send(h, peer, tag), sub, "send", [dstRank], result=[t])
-        return _LazyWork(sub.send(t, peer, tag), sub, "send", [dstRank], result=[t])
+        h = t if t.device.type == "cpu" or sub is not self.groups.world else to_host(t.contiguous())
+        try:
+            w = sub.backend.send([h], peer, tag)
+        except Exception as e:
+            raise sub.error("send", e, [dstRank]) from None
+        return _LazyWork(w, sub, "send", [dstRank], result=[t])
 
     def recv(self, tensors, srcRank, tag=0):  # noqa: N803 - torch API
         t = _one(tensors, "recv")
         sub, peer = self._p2p_group(srcRank, t)
-        if sub is self.groups.world and (t.device.type != "cpu" or not t.is_contiguous()):
-            h = torch.empty(t.shape, dtype=t.dtype)
-            return _LazyWork(sub.recv(h, peer, tag), sub, "recv", [srcRank], then=lambda: t.copy_(h),
-                                result=[t])
-        return _LazyWork(sub.recv(t, peer, tag), sub, "recv", [srcRank], result=[t])
+        staged = sub is self.groups.world and (t.device.type != "cpu" or not t.is_contiguous())
+        h = torch.empty(t.shape, dtype=t.dtype) if staged else t
+        try:
+            w = sub.backend.recv([h], peer, tag)
+        except Exception as e:
+            raise sub.error("recv", e, [srcRank]) from None
+        return _LazyWork(w, sub, "recv", [srcRank], then=(lambda: t.copy_(h)) if staged else None, result=[t])
 
     def recv_anysource(self, tensors, tag=0):
         t = _one(tensors, "recv")
         if not self.topo.single_type:
-            raise CommError(op="recv", group=self._name, ranks=list(range(self.size())),
+            raise CommError(op="recv", group=self._name, ranks=list(range(self._n)),
                             message="receiving from any source is only supported when all ranks are one device "
                             "type; pass src=")
         sub = self._native(t)
         return _LazyWork(sub.backend.recv_anysource([t], tag), sub, "recv", result=[t])
 
     def __repr__(self) -> str:
-        return f"HeteroProcessGroup(rank={self.rank()}, size={self.size()}, types={len(self.topo.types)})"
+        return f"HeteroProcessGroup(rank={self._me}, size={self._n}, types={len(self.topo.types)})"
 
 
 def _async(opts) -> bool:
