@@ -185,6 +185,14 @@ def test_update_steps_and_link_price_the_update_and_weight_sync():
     assert S.predict(col, no_link).train_s == pytest.approx(4 * 0.05 + 0.001 * 6)
     with pytest.raises(ConfigError, match="workload.update_steps: must be >= 1"):
         S.build(S.SchedulerConfig, {**d, "workload": {**d["workload"], "update_steps": 0}})
+    # a measured all-reduce for 4 lockstep ranks replaces the priced one for 4 actors only; 2 actors stay priced
+    measured = S.build(S.SchedulerConfig, {**d, "workload": {**d["workload"], "step_sync_s": {4: 0.03}}})
+    assert S.predict(col, measured).train_s == pytest.approx(4 * 0.05 + 0.001 * 6 + 4 * 0.03)
+    two = RolePlan.from_dict({"mode": "hybrid", "num_envs": 8, "k": 2, "env": {"ranks": [0]},
+                              "rollout": {"ranks": [1]}, "actor": {"ranks": [0, 1]}})
+    assert S.predict(two, measured).train_s == pytest.approx(S.predict(two, cfg).train_s)
+    with pytest.raises(ConfigError, match="workload.step_sync_s: keys must be actor counts >= 2"):
+        S.build(S.SchedulerConfig, {**d, "workload": {**d["workload"], "step_sync_s": {1: 0.03}}})
 
 
 def test_measure_profile_times_every_microbatch_and_fits_the_update_per_step(tmp_path):

@@ -20,9 +20,10 @@ are padded with sleep to ``slowdown x`` the fastest block of their kind, every e
 processes to ``slowdown x`` its CPU time, since its work varies), and the ranks are pinned two to a core so that
 their duty cycles fit (default slowdown 1.5 x ranks / cores: the padded work fills 2/3 of the cores, leaving room
 for what is not padded; ``--slowdown 1`` runs them unpadded, contending).
-The profile is taken alone on the same emulated device (padded the same way), and the collectives of the update
-and the weight sync are priced by the predictor over a link fitted to gloo between this many local ranks; channel
-messages are timed by a ping-pong between two ranks.
+The profile is taken alone on the same emulated device (padded the same way), the weight sync is priced by the
+predictor over a link fitted to gloo between this many local ranks, the gradient all-reduce of a data-parallel
+update over all ranks is measured in a short job of lockstep updates on the emulated ranks (it also holds the
+wait for the slowest rank), and channel messages are timed by a ping-pong between two ranks.
 """
 
 from __future__ import annotations
@@ -90,6 +91,59 @@ def channel_message_s(m: int, n: int = 200) -> float:
     return float(outs[0].strip().splitlines()[-1])
 
 
+_DP_UPDATE = """
+import sys, time, numpy as np, torch, torch.distributed as dist
+from datetime import timedelta
+import hetero.communicator as hc
+from hetero.rl.config import load_config
+from hetero.rl.policy import load_checkpoint, obs_to_torch, sample
+from hetero.rl.update import make_optimizer, ppo_update
+from hetero.runtime.emulate import Emulator
+torch.set_num_threads(1)
+cfg, n, reps = load_config(sys.argv[1], [f"train.init_checkpoint={sys.argv[2]}"]), int(sys.argv[3]), int(sys.argv[4])
+hc.init_process_group(device_type="cpu", device="cpu", timeout=timedelta(seconds=120))
+rank, world = dist.get_rank(), dist.get_world_size()
+model, _ = load_checkpoint(sys.argv[2])
+opt, _, _ = make_optimizer(model, cfg)
+obs = obs_to_torch({"state": np.random.default_rng(0).standard_normal((n, 39)).astype(np.float32),
+                    "instruction": ["reach the goal"] * n}, "cpu")
+s = sample(model, obs, cfg.sampler, generator=torch.Generator().manual_seed(0))
+g = torch.Generator().manual_seed(1)
+batch = {"obs": obs, "chain": s.chain, "denoise_ind": s.denoise_ind, "logp": s.logp, "value": s.value,
+         "adv": torch.randn(n, generator=g), "ret": torch.randn(n, generator=g)}
+emu, per_step = Emulator.from_env(), []
+for i in range(reps + 1):  # the first is a warm-up (and sets the emulator's fastest blocks)
+    st = ppo_update(model, opt, batch, cfg, iteration=cfg.algo.critic_warmup_iters + 1, shard=(rank, world, None),
+                    emulator=emu if emu.enabled else None)
+    if i:
+        per_step.append(st["update_comm_s"] / st["update_steps"])
+out = torch.tensor(per_step, dtype=torch.float64)
+dist.all_reduce(out)  # the mean over ranks of each repeat
+if rank == 0:
+    print("STEP_SYNC", float(np.median((out / world).tolist())), flush=True)
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def step_sync_s(cfg_path: str, ckpt: Path, *, ranks: int, samples: int, env: dict, reps: int = 3,
+                timeout_s: float = 300) -> float:
+    """Seconds per optimizer step that ``ranks`` lockstep actor ranks (emulated devices, pinned as in the system
+    runs) spend in the gradient all-reduce of a data-parallel PPO update of ``samples`` samples, waiting for the
+    slowest rank included: the median over ``reps`` updates of the mean over ranks."""
+    script = ckpt.parent / "dp_update.py"
+    script.write_text(_DP_UPDATE)
+    cmd = [sys.executable, "-m", "hetero.runtime.launch", "--standalone", "--nproc-per-node", str(ranks),
+           str(script), cfg_path, str(ckpt), str(samples), str(reps)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("STEP_SYNC ")]
+    if p.returncode != 0 or not lines:
+        raise SystemExit(f"data-parallel update profile failed (rc {p.returncode}):\n{p.stdout[-2000:]}\n"
+                         f"{p.stderr[-4000:]}")
+    return float(lines[-1].split()[1])
+
+
 def _roles(mode: str, k: int, n: int, num_envs: int) -> dict:
     if mode == "collocated":
         r = list(range(n))
@@ -127,6 +181,7 @@ def main(argv=None) -> int:
     from hetero.autoparallel.roles import RolePlan
     from hetero.cluster.spec import Link
     from hetero.config import build
+    from hetero.predictor.comm import allreduce_time
     from hetero.predictor.microbench import run_collectives
     from hetero.predictor.profile import fit_op_link
     from hetero.rl.config import load_config
@@ -157,7 +212,7 @@ def main(argv=None) -> int:
     # cost per step and per sample separate, and a data-parallel rank's small share is inside the measured range
     prof = measure_profile(cfg, sizes=sorted({n_env // k for k in a.ks}),
                            sample_sizes=[samples // 8, samples // 4, samples // 2, samples, 2 * samples],
-                           slowdown=slowdown)
+                           slowdown=slowdown, repeats=15)  # 15 policy samples per size: its fit is noisy
     # the collectives of the update and the weight sync, priced by the predictor over a link fitted to gloo's
     # all-reduce between this many local processes
     model, _ = load_checkpoint(str(ckpt))
@@ -182,10 +237,17 @@ def main(argv=None) -> int:
     else:
         transfer = {"fixed_s": a.transfer_ms / 1e3, "per_item_s": 0.0}
     job_env = {"HETERO_SLOWDOWN_BY_RANK": ",".join([f"{slowdown:g}"] * a.devices)} if slowdown > 1 else {}
+    # the lockstep data-parallel update over all ranks (the collocated and hybrid actors), measured: its all-reduce
+    # also absorbs the skew between the ranks' padded blocks, which gloo's all-reduce measured alone does not show
+    sync_step = step_sync_s(a.config, ckpt, ranks=a.devices, samples=samples, env=job_env)
+    priced = allreduce_time(grad_bytes, a.devices, link) + allreduce_time(40, a.devices, link)
+    print(f"data-parallel update over {a.devices} ranks: {sync_step * 1e3:.1f} ms of all-reduce per optimizer step "
+          f"(gloo alone prices {priced * 1e3:.1f} ms)", flush=True)
     base = {
         "devices": [{"type": "cpu", "count": a.devices}],
         "workload": {"num_envs": n_env, "rollout_chunks": T, "transfer": transfer,
-                     "update_steps": update_steps, "grad_bytes": grad_bytes, "weight_bytes": weight_bytes},
+                     "update_steps": update_steps, "grad_bytes": grad_bytes, "weight_bytes": weight_bytes,
+                     "step_sync_s": {a.devices: sync_step}},
         "link": {"fabric": link.fabric, "bandwidth": link.bandwidth, "latency": link.latency},
         "profiles": {"cpu": {"env": vars(prof.env), "rollout": vars(prof.rollout), "actor": vars(prof.actor),
                              "switch_s": prof.switch_s, "sync_s": prof.sync_s}},
@@ -247,7 +309,8 @@ def main(argv=None) -> int:
                       "pred_error": sum(m["pred_error"] for m in modes.values()) / len(modes), "modes": modes,
                       "profile": {"env": vars(prof.env), "rollout": vars(prof.rollout), "actor": vars(prof.actor),
                                   "switch_s": prof.switch_s, "sync_s": prof.sync_s},
-                      "link": {"latency_s": alpha, "bandwidth": bw}, "slowdown": slowdown, "cores": cores,
+                      "link": {"latency_s": alpha, "bandwidth": bw}, "step_sync_s": sync_step,
+                      "slowdown": slowdown, "cores": cores,
                       "load_average": load, "devices": a.devices,
                       "iterations": iterations}))
     return 0

@@ -14,7 +14,9 @@ Cost model (:func:`predict`) of one iteration = rollout phase + actor update + w
   the actions arrive; a rank runs its tasks in program order. Sequential roles on one rank add up (collocated =
   sum of role times); on separate ranks it is a pipeline: warm-up + bottleneck stage x micro-batches;
 - update: the slowest actor rank on its equal share of the samples (data parallel), plus, with several actor
-  ranks, one gradient all-reduce per optimizer step over ``link`` (:func:`hetero.predictor.comm.allreduce_time`);
+  ranks, one gradient all-reduce per optimizer step: measured for that many ranks where the workload has it
+  (``step_sync_s``: lockstep ranks also wait there for the slowest one), else priced over ``link``
+  (:func:`hetero.predictor.comm.allreduce_time`);
 - shared host (``host_cores`` > 0, CPU ranks emulating devices on one machine): each phase lasts at least its
   total CPU work divided by the effective cores;
 - switch: ranks that hold both the rollout and the actor model offload one and reload the other twice per
@@ -122,8 +124,13 @@ class Workload:
     """Bytes of gradients all-reduced per optimizer step (the trainable parameters)."""
     weight_bytes: float = 0.0
     """Bytes of the policy's weights broadcast actor -> rollout after each update."""
+    step_sync_s: dict[int, float] = field(default_factory=dict)
+    """Measured seconds per optimizer step that n lockstep actor ranks spend in the gradient all-reduce, waiting
+    for the slowest rank included, by actor count n; counts not listed are priced over ``link``."""
 
     def __post_init__(self):
+        check(all(n >= 2 and v >= 0 for n, v in self.step_sync_s.items()), "step_sync_s",
+              "keys must be actor counts >= 2 and values seconds >= 0")
         check(self.num_envs >= 1, "num_envs", "must be >= 1")
         check(self.rollout_chunks >= 1, "rollout_chunks", "must be >= 1")
         check(self.update_steps >= 1, "update_steps", "must be >= 1")
@@ -241,7 +248,9 @@ def predict(rp: RolePlan, cfg: SchedulerConfig) -> RolePrediction:
         return wl.update_steps * c.fixed_s + c.per_item_s * samples / n_a
 
     train = max(update(a) for a in rp.actor.ranks)
-    if cfg.link is not None and n_a > 1:  # per optimizer step: the gradients, then the 5 loss statistics
+    if n_a in wl.step_sync_s:  # measured for this many lockstep ranks (the all-reduces and the ranks' skew)
+        train += wl.update_steps * wl.step_sync_s[n_a]
+    elif cfg.link is not None and n_a > 1:  # per optimizer step: the gradients, then the 5 loss statistics
         train += wl.update_steps * (allreduce_time(wl.grad_bytes, n_a, cfg.link) + allreduce_time(40, n_a, cfg.link))
     if cfg.host_cores > 0:  # shared host: a phase cannot beat its CPU work spread over the cores
         done = max(done, host_work / cfg.host_cores)
