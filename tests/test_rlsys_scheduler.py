@@ -93,6 +93,26 @@ def test_env_bound_pipeline_is_warmup_plus_bottleneck_times_microbatches():
     assert seq.rollout_s == pytest.approx(3 * (0.016 + 0.08) + 0.016)
 
 
+def test_measured_microbatch_costs_make_side_by_side_ranks_wait_for_the_slowest():
+    # 8 envs in 2 micro-batches of 4; micro-batch 1 (slots 4-7) is 3x as costly as micro-batch 0
+    prof = {**_prof(0.01, 0.002, 0.001), "env_microbatch": {4: [0.02, 0.06]}}
+    cfg = _cfg([{"type": "cpu", "count": 2}], {"cpu": prof}, k_choices=[2])
+    col = RolePlan.from_dict({"mode": "collocated", "num_envs": 8, "k": 2, "env": {"ranks": [0, 1]},
+                              "rollout": {"ranks": [0, 1]}, "actor": {"ranks": [0, 1]}})
+    r = 0.002 * 4
+    # each rank steps its own micro-batch: the phase ends with the slow one (3 chunk-steps + bootstrap)
+    assert S.predict(col, cfg).rollout_s == pytest.approx(3 * (r + 0.06) + r)
+    # without the measured figures both cost env(4) = 0.04
+    plain = _cfg([{"type": "cpu", "count": 2}], {"cpu": _prof(0.01, 0.002, 0.001)}, k_choices=[2])
+    assert S.predict(col, plain).rollout_s == pytest.approx(3 * (r + 0.04) + r)
+    # sizes without measured figures (k=1: 8 slots) fall back to env(n)
+    one = RolePlan.from_dict({"mode": "collocated", "num_envs": 8, "k": 1, "env": {"ranks": [0, 1]},
+                              "rollout": {"ranks": [0, 1]}, "actor": {"ranks": [0, 1]}})
+    assert S.predict(one, cfg).rollout_s == pytest.approx(S.predict(one, plain).rollout_s)
+    with pytest.raises(ConfigError, match="env_microbatch: keys must be micro-batch sizes"):
+        _cfg([{"type": "cpu", "count": 2}], {"cpu": {**prof, "env_microbatch": {4: [-1.0]}}}, k_choices=[2])
+
+
 def _random_case(rng):
     types = ["slow", "fast"]
     pools = [{"type": "slow", "count": rng.randint(1, 3)}, {"type": "fast", "count": rng.randint(1, 2)}]
@@ -211,3 +231,6 @@ def test_measure_profile_times_every_microbatch_and_fits_the_update_per_step(tmp
     prof = S.measure_profile(cfg, sizes=[2, 4], sample_sizes=[8, 16], repeats=2, slowdown=2.0, log=lines.append)
     assert prof.env.per_item_s > 0 and prof.rollout(4) > 0 and prof.actor.per_item_s + prof.actor.fixed_s > 0
     assert prof.switch_s > 0 and prof.sync_s > 0 and "slowdown 2.0" in lines[0]
+    # one chunk-step figure per micro-batch of each size (4 envs: two of 2 slots, one of 4)
+    assert sorted(prof.env_microbatch) == [2, 4] and len(prof.env_microbatch[2]) == 2
+    assert len(prof.env_microbatch[4]) == 1 and all(t > 0 for t in prof.env_microbatch[2])

@@ -249,7 +249,8 @@ def main(argv=None) -> int:
                      "update_steps": update_steps, "grad_bytes": grad_bytes, "weight_bytes": weight_bytes,
                      "step_sync_s": {a.devices: sync_step}},
         "link": {"fabric": link.fabric, "bandwidth": link.bandwidth, "latency": link.latency},
-        "profiles": {"cpu": {"env": vars(prof.env), "rollout": vars(prof.rollout), "actor": vars(prof.actor),
+        "profiles": {"cpu": {"env": vars(prof.env), "env_microbatch": prof.env_microbatch,
+                             "rollout": vars(prof.rollout), "actor": vars(prof.actor),
                              "switch_s": prof.switch_s, "sync_s": prof.sync_s}},
         "k_choices": sorted(set(a.ks) | {1, 2, 4, 8})}
     sc = build(SchedulerConfig, base)
@@ -307,7 +308,8 @@ def main(argv=None) -> int:
                                                                   if rp.mode == "disaggregated"),
                       "scheduler_vs_best": modes["scheduler"]["measured_iter_s"] / best_t,
                       "pred_error": sum(m["pred_error"] for m in modes.values()) / len(modes), "modes": modes,
-                      "profile": {"env": vars(prof.env), "rollout": vars(prof.rollout), "actor": vars(prof.actor),
+                      "profile": {"env": vars(prof.env), "env_microbatch": prof.env_microbatch,
+                                  "rollout": vars(prof.rollout), "actor": vars(prof.actor),
                                   "switch_s": prof.switch_s, "sync_s": prof.sync_s},
                       "link": {"latency_s": alpha, "bandwidth": bw}, "step_sync_s": sync_step,
                       "slowdown": slowdown, "cores": cores,

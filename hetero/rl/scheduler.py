@@ -76,6 +76,10 @@ class DeviceProfile:
 
     env: LinearCost | None = None
     """One chunk-step of n env slots; null: this type does not run envs (e.g. a GPU)."""
+    env_microbatch: dict[int, list[float]] = field(default_factory=dict)
+    """Measured seconds of one chunk-step of each micro-batch of n env slots (micro-batch j = slots j*n..(j+1)*n-1,
+    as the system splits them; tasks differ in cost), by n; where given, micro-batch j costs its own figure, not
+    ``env(n)`` (ranks stepping micro-batches side by side wait for the slowest)."""
     rollout: LinearCost
     """One policy sample (denoising chain + value) of n observations."""
     actor: LinearCost
@@ -89,6 +93,13 @@ class DeviceProfile:
     def __post_init__(self):
         check(self.switch_s >= 0, "switch_s", "must be >= 0")
         check(self.sync_s >= 0, "sync_s", "must be >= 0")
+        check(all(n >= 1 and all(t >= 0 for t in ts) for n, ts in self.env_microbatch.items()), "env_microbatch",
+              "keys must be micro-batch sizes >= 1 and values lists of seconds >= 0")
+
+    def env_s(self, n: int, j: int) -> float:
+        """Seconds of one chunk-step of micro-batch ``j`` of ``n`` env slots."""
+        per = self.env_microbatch.get(n)
+        return per[j] if per is not None and j < len(per) else self.env(n)
 
 
 @dataclass(kw_only=True)
@@ -229,8 +240,9 @@ def predict(rp: RolePlan, cfg: SchedulerConfig) -> RolePrediction:
             start = max(free.get(rr, 0.0), ready[j] + x)
             free[rr] = start + prof[types[rr]].rollout(m)
             start = max(free.get(er, 0.0), free[rr] + x)
-            free[er] = ready[j] = start + prof[types[er]].env(m)
-            host_work += prof[types[er]].env(m) + (prof[types[rr]].rollout(m) if on_host[rr] else 0.0)
+            e = prof[types[er]].env_s(m, j)
+            free[er] = ready[j] = start + e
+            host_work += e + (prof[types[rr]].rollout(m) if on_host[rr] else 0.0)
     # the rollout rank receives the last step, bootstraps, and ships T*m samples per micro-batch to the actor
     done = 0.0
     for j in range(k):
@@ -421,6 +433,7 @@ def _measure(rl_cfg, *, sizes, sample_sizes, device, repeats, slowdown, with_env
     opt, _, _ = make_optimizer(model, rl_cfg)
     gen = torch.Generator(device=device).manual_seed(0)
     env_t, roll_t = [], []
+    per_group: dict[int, list[float]] = {}  # n -> chunk-step seconds of each micro-batch of n slots
     last = None
     # env chunk-steps: the mean over a whole episode (one more chunk-step than it lasts), so that the resets a run
     # pays (an env auto-resets when its episode ends) are in the per-step cost, and over every micro-batch of
@@ -455,6 +468,8 @@ def _measure(rl_cfg, *, sizes, sample_sizes, device, repeats, slowdown, with_env
                 if tr:
                     roll_t.append(float(np.median(tr[1:])))
                 te += tg[1:]
+                if tg[1:]:
+                    per_group.setdefault(n, []).append(float(np.mean(tg[1:])))
                 last = (obs_to_torch(obs, "cpu"), s)
             finally:
                 if env is not None:
@@ -492,7 +507,7 @@ def _measure(rl_cfg, *, sizes, sample_sizes, device, repeats, slowdown, with_env
     act = LinearCost(fixed_s=max(float(sol[0]), 0.0), per_item_s=max(float(sol[1]), 0.0))
     roll = fit_linear([float(n) for n in sizes], roll_t)
     env_c = fit_linear([float(n) for n in sizes], env_t) if with_env else None
-    prof = DeviceProfile(env=env_c, rollout=roll, actor=act, switch_s=switch, sync_s=sync)
+    prof = DeviceProfile(env=env_c, env_microbatch=per_group, rollout=roll, actor=act, switch_s=switch, sync_s=sync)
     if log:
         log(f"profile on {device} (slowdown {slowdown}): env {prof.env} rollout {prof.rollout} actor {prof.actor} "
             f"switch {switch * 1e3:.2f} ms sync {sync * 1e3:.2f} ms")
