@@ -92,7 +92,7 @@ def channel_message_s(m: int, n: int = 200) -> float:
 
 
 _DP_UPDATE = """
-import sys, time, numpy as np, torch, torch.distributed as dist
+import sys, numpy as np, torch, torch.distributed as dist
 from datetime import timedelta
 import hetero.communicator as hc
 from hetero.rl.config import load_config
@@ -180,13 +180,20 @@ def main(argv=None) -> int:
 
     from hetero.autoparallel.roles import RolePlan
     from hetero.cluster.spec import Link
-    from hetero.config import build
-    from hetero.predictor.comm import allreduce_time
+    from hetero.config import build, to_dict
     from hetero.predictor.microbench import run_collectives
     from hetero.predictor.profile import fit_op_link
     from hetero.rl.config import load_config
     from hetero.rl.policy import load_checkpoint
-    from hetero.rl.scheduler import SchedulerConfig, fit_linear, measure_profile, predict, schedule, to_plan
+    from hetero.rl.scheduler import (
+        SchedulerConfig,
+        fit_linear,
+        measure_profile,
+        predict,
+        priced_step_sync_s,
+        schedule,
+        to_plan,
+    )
     from hetero.rl.system import launch, read_metrics
     from hetero.rl.update import make_optimizer
     from hetero.rl.weightsync import flatten
@@ -240,7 +247,7 @@ def main(argv=None) -> int:
     # the lockstep data-parallel update over all ranks (the collocated and hybrid actors), measured: its all-reduce
     # also absorbs the skew between the ranks' padded blocks, which gloo's all-reduce measured alone does not show
     sync_step = step_sync_s(a.config, ckpt, ranks=a.devices, samples=samples, env=job_env)
-    priced = allreduce_time(grad_bytes, a.devices, link) + allreduce_time(40, a.devices, link)
+    priced = priced_step_sync_s(grad_bytes, a.devices, link)
     print(f"data-parallel update over {a.devices} ranks: {sync_step * 1e3:.1f} ms of all-reduce per optimizer step "
           f"(gloo alone prices {priced * 1e3:.1f} ms)", flush=True)
     base = {
@@ -249,9 +256,7 @@ def main(argv=None) -> int:
                      "update_steps": update_steps, "grad_bytes": grad_bytes, "weight_bytes": weight_bytes,
                      "step_sync_s": {a.devices: sync_step}},
         "link": {"fabric": link.fabric, "bandwidth": link.bandwidth, "latency": link.latency},
-        "profiles": {"cpu": {"env": vars(prof.env), "env_microbatch": prof.env_microbatch,
-                             "rollout": vars(prof.rollout), "actor": vars(prof.actor),
-                             "switch_s": prof.switch_s, "sync_s": prof.sync_s}},
+        "profiles": {"cpu": to_dict(prof)},
         "k_choices": sorted(set(a.ks) | {1, 2, 4, 8})}
     sc = build(SchedulerConfig, base)
     best, runner = schedule(sc)
@@ -308,9 +313,7 @@ def main(argv=None) -> int:
                                                                   if rp.mode == "disaggregated"),
                       "scheduler_vs_best": modes["scheduler"]["measured_iter_s"] / best_t,
                       "pred_error": sum(m["pred_error"] for m in modes.values()) / len(modes), "modes": modes,
-                      "profile": {"env": vars(prof.env), "env_microbatch": prof.env_microbatch,
-                                  "rollout": vars(prof.rollout), "actor": vars(prof.actor),
-                                  "switch_s": prof.switch_s, "sync_s": prof.sync_s},
+                      "profile": to_dict(prof),
                       "link": {"latency_s": alpha, "bandwidth": bw}, "step_sync_s": sync_step,
                       "slowdown": slowdown, "cores": cores,
                       "load_average": load, "devices": a.devices,

@@ -158,10 +158,7 @@ class _LazyWork(dist.Work):
     def wait(self, timeout=None) -> bool:
         with self._lock:
             if not self._finished:
-                try:
-                    self._w.wait()
-                except Exception as e:
-                    raise self._sub.error(self._op, e, self._peers) from None
+                self._sub.wait(self._op, self._w, self._peers)
                 if self._then is not None:
                     self._then()
                 self._finished = True
@@ -528,22 +525,15 @@ class HeteroProcessGroup(dist.ProcessGroup):
         t = _one(tensors, "send")
         sub, peer = self._p2p_group(dstRank, t)
         h = t if t.device.type == "cpu" or sub is not self.groups.world else to_host(t.contiguous())
-        try:
-            w = sub.backend.send([h], peer, tag)
-        except Exception as e:
-            raise sub.error("send", e, [dstRank]) from None
-        return _LazyWork(w, sub, "send", [dstRank], result=[t])
+        return _LazyWork(sub.send(h, peer, tag), sub, "send", [dstRank], result=[t])
 
     def recv(self, tensors, srcRank, tag=0):  # noqa: N803 - torch API
         t = _one(tensors, "recv")
         sub, peer = self._p2p_group(srcRank, t)
         staged = sub is self.groups.world and (t.device.type != "cpu" or not t.is_contiguous())
         h = torch.empty(t.shape, dtype=t.dtype) if staged else t
-        try:
-            w = sub.backend.recv([h], peer, tag)
-        except Exception as e:
-            raise sub.error("recv", e, [srcRank]) from None
-        return _LazyWork(w, sub, "recv", [srcRank], then=(lambda: t.copy_(h)) if staged else None, result=[t])
+        return _LazyWork(sub.recv(h, peer, tag), sub, "recv", [srcRank], then=(lambda: t.copy_(h)) if staged else None,
+                         result=[t])
 
     def recv_anysource(self, tensors, tag=0):
         t = _one(tensors, "recv")

@@ -207,6 +207,12 @@ def load_config(path: str) -> SchedulerConfig:
 
 
 # -- cost model -------------------------------------------------------------------------------------------------
+def priced_step_sync_s(grad_bytes: float, n: int, link: Link) -> float:
+    """Seconds of one optimizer step's all-reduces over ``n`` actor ranks priced over ``link``: the gradients, then
+    the 5 loss statistics."""
+    return allreduce_time(grad_bytes, n, link) + allreduce_time(40, n, link)
+
+
 def classify(env: list[int], rollout: list[int], actor: list[int]) -> Mode | None:
     """The placement mode of these rank sets, or None when it is none of the three."""
     e, r, a = set(env), set(rollout), set(actor)
@@ -262,8 +268,8 @@ def predict(rp: RolePlan, cfg: SchedulerConfig) -> RolePrediction:
     train = max(update(a) for a in rp.actor.ranks)
     if n_a in wl.step_sync_s:  # measured for this many lockstep ranks (the all-reduces and the ranks' skew)
         train += wl.update_steps * wl.step_sync_s[n_a]
-    elif cfg.link is not None and n_a > 1:  # per optimizer step: the gradients, then the 5 loss statistics
-        train += wl.update_steps * (allreduce_time(wl.grad_bytes, n_a, cfg.link) + allreduce_time(40, n_a, cfg.link))
+    elif cfg.link is not None and n_a > 1:
+        train += wl.update_steps * priced_step_sync_s(wl.grad_bytes, n_a, cfg.link)
     if cfg.host_cores > 0:  # shared host: a phase cannot beat its CPU work spread over the cores
         done = max(done, host_work / cfg.host_cores)
         cpu_train = sum(update(a) for a in rp.actor.ranks if on_host[a])
