@@ -215,9 +215,10 @@ def test_update_steps_and_link_price_the_update_and_weight_sync():
         S.build(S.SchedulerConfig, {**d, "workload": {**d["workload"], "step_sync_s": {1: 0.03}}})
 
 
-def test_measure_profile_times_every_microbatch_and_fits_the_update_per_step(tmp_path):
+def test_measure_profile_times_every_microbatch_and_fits_the_update_per_step(tmp_path, monkeypatch):
     import torch
 
+    import hetero.rl.update as U
     from hetero.models.vla import VLAPolicy
     from hetero.rl.config import load_config
     from hetero.rl.policy import save_checkpoint
@@ -227,8 +228,14 @@ def test_measure_profile_times_every_microbatch_and_fits_the_update_per_step(tmp
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "init.pt", model=VLAPolicy(cfg.policy.vla_config(state_dim=39, action_dim=4,
                                                                                 num_cameras=0, image_size=64)))
-    lines = []
+    lines, updated = [], []
+    real_update = U.ppo_update
+    monkeypatch.setattr(U, "ppo_update", lambda model, opt, batch, *a, **kw: (
+        updated.append(batch["denoise_ind"]), real_update(model, opt, batch, *a, **kw))[1])
     prof = S.measure_profile(cfg, sizes=[2, 4], sample_sizes=[8, 16], repeats=2, slowdown=2.0, log=lines.append)
+    # the update is timed on samples whose stochastic (Flow-SDE) step varies, as a rollout's do (replay runs one
+    # forward per distinct step), not on one sample call's single step
+    assert updated and all(ind.unique().numel() > 1 for ind in updated)
     assert prof.env.per_item_s > 0 and prof.rollout(4) > 0 and prof.actor.per_item_s + prof.actor.fixed_s > 0
     assert prof.switch_s > 0 and prof.sync_s > 0 and "slowdown 2.0" in lines[0]
     # one chunk-step figure per micro-batch of each size (4 envs: two of 2 slots, one of 4)

@@ -22,8 +22,8 @@ their duty cycles fit (default slowdown 1.5 x ranks / cores: the padded work fil
 for what is not padded; ``--slowdown 1`` runs them unpadded, contending).
 The profile is taken alone on the same emulated device (padded the same way), the weight sync is priced by the
 predictor over a link fitted to gloo between this many local ranks, the gradient all-reduce of a data-parallel
-update over all ranks is measured in a short job of lockstep updates on the emulated ranks (it also holds the
-wait for the slowest rank), and channel messages are timed by a ping-pong between two ranks.
+update is measured for every actor count (2 .. all ranks) in a short job of lockstep updates on that many
+emulated ranks (it also holds the wait for the slowest rank), and channel messages are timed by a ping-pong between two ranks.
 """
 
 from __future__ import annotations
@@ -109,7 +109,9 @@ obs = obs_to_torch({"state": np.random.default_rng(0).standard_normal((n, 39)).a
                     "instruction": ["reach the goal"] * n}, "cpu")
 s = sample(model, obs, cfg.sampler, generator=torch.Generator().manual_seed(0))
 g = torch.Generator().manual_seed(1)
-batch = {"obs": obs, "chain": s.chain, "denoise_ind": s.denoise_ind, "logp": s.logp, "value": s.value,
+ind = torch.randint(0, cfg.sampler.num_steps, (n,), generator=torch.Generator().manual_seed(2)) \\
+    if cfg.sampler.method == "flow_sde" else s.denoise_ind  # minibatches mix stochastic steps, as a rollout's do
+batch = {"obs": obs, "chain": s.chain, "denoise_ind": ind, "logp": s.logp, "value": s.value,
          "adv": torch.randn(n, generator=g), "ret": torch.randn(n, generator=g)}
 emu, per_step = Emulator.from_env(), []
 for i in range(reps + 1):  # the first is a warm-up (and sets the emulator's fastest blocks)
@@ -244,17 +246,20 @@ def main(argv=None) -> int:
     else:
         transfer = {"fixed_s": a.transfer_ms / 1e3, "per_item_s": 0.0}
     job_env = {"HETERO_SLOWDOWN_BY_RANK": ",".join([f"{slowdown:g}"] * a.devices)} if slowdown > 1 else {}
-    # the lockstep data-parallel update over all ranks (the collocated and hybrid actors), measured: its all-reduce
-    # also absorbs the skew between the ranks' padded blocks, which gloo's all-reduce measured alone does not show
-    sync_step = step_sync_s(a.config, ckpt, ranks=a.devices, samples=samples, env=job_env)
-    priced = priced_step_sync_s(grad_bytes, a.devices, link)
-    print(f"data-parallel update over {a.devices} ranks: {sync_step * 1e3:.1f} ms of all-reduce per optimizer step "
-          f"(gloo alone prices {priced * 1e3:.1f} ms)", flush=True)
+    # the lockstep data-parallel update of every actor count a placement can have (2 .. all ranks), measured: its
+    # all-reduce also absorbs the skew between the ranks' padded blocks, which gloo's all-reduce alone does not show
+    sync_step = {}
+    for n in range(2, a.devices + 1):
+        sync_step[n] = step_sync_s(a.config, ckpt, ranks=n, samples=samples,
+                                   env={**job_env, "HETERO_SLOWDOWN_BY_RANK": ",".join([f"{slowdown:g}"] * n)}
+                                   if job_env else {})
+        print(f"data-parallel update over {n} ranks: {sync_step[n] * 1e3:.1f} ms of all-reduce per optimizer step "
+              f"(gloo alone prices {priced_step_sync_s(grad_bytes, n, link) * 1e3:.1f} ms)", flush=True)
     base = {
         "devices": [{"type": "cpu", "count": a.devices}],
         "workload": {"num_envs": n_env, "rollout_chunks": T, "transfer": transfer,
                      "update_steps": update_steps, "grad_bytes": grad_bytes, "weight_bytes": weight_bytes,
-                     "step_sync_s": {a.devices: sync_step}},
+                     "step_sync_s": sync_step},
         "link": {"fabric": link.fabric, "bandwidth": link.bandwidth, "latency": link.latency},
         "profiles": {"cpu": to_dict(prof)},
         "k_choices": sorted(set(a.ks) | {1, 2, 4, 8})}

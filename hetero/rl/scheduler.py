@@ -486,7 +486,11 @@ def _measure(rl_cfg, *, sizes, sample_sizes, device, repeats, slowdown, with_env
     act_t = []
     for n in sample_sizes:
         idx = torch.arange(n) % s.chain.shape[0]
-        batch = {"obs": index_obs(o, idx), "chain": s.chain.cpu()[idx], "denoise_ind": s.denoise_ind.cpu()[idx],
+        ind = s.denoise_ind.cpu()[idx]
+        if rl_cfg.sampler.method == "flow_sde":  # a rollout's samples carry one stochastic step per chunk-step and
+            # micro-batch, so an update's minibatches mix them: replay runs one forward per distinct step
+            ind = torch.randint(0, rl_cfg.sampler.num_steps, (n,), generator=torch.Generator().manual_seed(n))
+        batch = {"obs": index_obs(o, idx), "chain": s.chain.cpu()[idx], "denoise_ind": ind,
                  "logp": s.logp.cpu()[idx], "value": s.value.cpu()[idx], "adv": torch.randn(n), "ret": torch.randn(n)}
         ts = []
         for _ in range(2):
