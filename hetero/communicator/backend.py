@@ -228,8 +228,13 @@ class HeteroProcessGroup(dist.ProcessGroup):
         if self._worker is not None:
             self._worker.stop(self.cfg.timeout_s)
             self._worker = None
+        if self.groups is None:
+            return
         for sub in {id(s): s for s in _all_subs(self.groups)}.values():
             sub.shutdown()
+        # drop the native groups now (destroy_process_group), not at interpreter exit, where a library's
+        # destructor tearing down its threads can abort the process
+        self.groups, self._host_sub, self._p2p_host, self._p2p_dev = None, None, [], []
 
     # -- helpers --------------------------------------------------------------------------------------------
     def _check(self, op: str, *values: int) -> None:
