@@ -7,8 +7,9 @@ offload and flatten costs) with ``hetero.rl.scheduler.measure_profile``; (2) run
 rank per device, hetero communicator) in: collocated sequential (all roles on all ranks, k=1: one rank alternates
 simulation and inference), disaggregated pipelined env | rollout | actor with k = 1, 2, 4, hybrid pipelined
 (env | rollout on half the ranks each, the actor data-parallel over all) with k = 2, 4, and the scheduler's choice
-for these devices; (3) report env-steps/s and samples/s of each (mean over iterations after the first,
-which includes start-up), the predicted iteration time of each placement against the measured one. Last line, one
+for these devices, each placement ``--rounds`` times (default 2) in alternating order, so that drift of the
+machine's speed during the bench falls on every placement alike; (3) report env-steps/s and samples/s of each (mean
+over the iterations after each run's first, which includes start-up), the predicted iteration time of each placement against the measured one. Last line, one
 JSON object: ``{"pipeline_speedup": collocated sequential time / best pipelined (disaggregated or hybrid, k>1)
 time, "pipeline_speedup_disaggregated": the same over the disaggregated runs only, "scheduler_vs_best":
 measured time of the scheduler's choice / best measured time, "pred_error": mean |predicted - measured| /
@@ -176,6 +177,9 @@ def main(argv=None) -> int:
     p.add_argument("--transfer-ms", type=float, default=None,
                    help="cost of one channel message between ranks for the cost model, ms (default: measured, a "
                         "ping-pong of observation / action messages between two ranks)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="runs of every placement, in alternating order (forward, backward, ...); each placement's "
+                        "time is the mean over all its timed iterations")
     p.add_argument("--timeout", type=float, default=600, help="seconds per system run")
     a = p.parse_args(argv)
     from rich.progress import Progress
@@ -214,6 +218,8 @@ def main(argv=None) -> int:
     iterations = a.iterations or 1 + min(8, math.lcm(T, episode) // T)
     if slowdown < 1.0:
         raise SystemExit(f"--slowdown must be >= 1, got {slowdown}")
+    if a.rounds < 1:
+        raise SystemExit(f"--rounds must be >= 1, got {a.rounds}")
     print(f"{a.devices} ranks on {cores} cores: each emulates a device {slowdown:g}x slower than a core "
           f"(CPU demand {a.devices / slowdown:.2f} cores); {iterations} iterations per run, the first not timed",
           flush=True)
@@ -269,41 +275,51 @@ def main(argv=None) -> int:
     runs += [(f"disaggregated_k{k}", RolePlan.from_dict(_roles("disaggregated", k, a.devices, n_env))) for k in a.ks]
     runs += [(f"hybrid_k{k}", RolePlan.from_dict(_roles("hybrid", k, a.devices, n_env))) for k in a.ks if k > 1]
     runs.append(("scheduler", best))
-    modes = {}
+    for name, rp in runs:
+        rp.predicted = predict(rp, sc)
+        to_plan(rp, samples=samples).to_file(out / f"plan_{name}.yaml")
+    # rounds in alternating order (forward, backward, ...), so that the machine's speed drifting during the bench
+    # falls on every placement alike instead of on the last ones
+    order = [runs[::-1] if i % 2 else runs for i in range(a.rounds)]
+    timed: dict[str, list[float]] = {name: [] for name, _ in runs}  # mean iteration seconds of each round
+    records: dict[str, list[dict]] = {name: [] for name, _ in runs}  # the timed iterations of every round
     with Progress(transient=True) as bar:
-        task = bar.add_task("RL system runs", total=len(runs))
-        for name, rp in runs:
-            rp.predicted = predict(rp, sc)
-            plan = out / f"plan_{name}.yaml"
-            to_plan(rp, samples=samples).to_file(plan)
-            d = out / name
-            res = launch(["--config", a.config, "--plan", str(plan), "--iterations", str(iterations), "--out",
-                          str(d), *sum([["--set", s] for s in sets], [])], world_size=rp.world_size,
-                         timeout_s=a.timeout, capture=True, env=job_env)
+        task = bar.add_task("RL system runs", total=len(runs) * a.rounds)
+        for i, (name, rp) in enumerate(x for rnd in order for x in rnd):
+            d = out / f"{name}_r{i // len(runs)}"
+            res = launch(["--config", a.config, "--plan", str(out / f"plan_{name}.yaml"), "--iterations",
+                          str(iterations), "--out", str(d), *sum([["--set", s] for s in sets], [])],
+                         world_size=rp.world_size, timeout_s=a.timeout, capture=True, env=job_env)
             if res.returncode != 0:
                 print(res.stdout[-2000:], res.stderr[-4000:], file=sys.stderr)
                 raise SystemExit(f"run {name} failed")
             recs = read_metrics(str(d))[1:]
-            it_s = sum(r["iter_s"] for r in recs) / len(recs)
-            env_sps = sum(r["env_steps"] for r in recs) / sum(r["iter_s"] for r in recs)
-            modes[name] = {"placement": rp.describe(), "measured_iter_s": it_s,
-                           "predicted_iter_s": rp.predicted.iteration_s,
-                           "predicted_rollout_s": rp.predicted.rollout_s, "predicted_train_s": rp.predicted.train_s,
-                           "pred_error": abs(rp.predicted.iteration_s - it_s) / it_s,
-                           "env_steps_per_s": env_sps, "samples_per_s": samples / it_s,
-                           "switch_mib": max(r["switch_bytes"] for r in recs) / 2**20,
-                           "rollout_s": sum(r["rollout_s"] for r in recs) / len(recs),
-                           "train_s": sum(r["train_s"] for r in recs) / len(recs),
-                           # the first actor rank's train_s split: waiting for / receiving the trajectories, the
-                           # update's compute (padded) and its gradient all-reduces
-                           **{k: sum(r[k] for r in recs) / len(recs)
-                              for k in ("assemble_s", "update_compute_s", "update_comm_s")}}
-            m = modes[name]
-            print(f"{name:18s} {m['placement']:60s} iter {it_s:.3f}s (pred {m['predicted_iter_s']:.3f}s, "
-                  f"err {m['pred_error']:.1%}) env-steps/s {env_sps:.0f} samples/s {m['samples_per_s']:.1f}; "
-                  f"update {m['update_compute_s']:.3f}s + all-reduce {m['update_comm_s']:.3f}s (pred "
-                  f"{m['predicted_train_s']:.3f}s), trajectories {m['assemble_s']:.3f}s", flush=True)
+            timed[name].append(sum(r["iter_s"] for r in recs) / len(recs))
+            records[name] += recs
+            bar.print(f"round {i // len(runs) + 1}/{a.rounds}: {name} {timed[name][-1]:.3f} s per iteration")
             bar.advance(task)
+    modes = {}
+    for name, rp in runs:
+        recs = records[name]
+        it_s = sum(r["iter_s"] for r in recs) / len(recs)
+        env_sps = sum(r["env_steps"] for r in recs) / sum(r["iter_s"] for r in recs)
+        modes[name] = {"placement": rp.describe(), "measured_iter_s": it_s, "rounds_iter_s": timed[name],
+                       "predicted_iter_s": rp.predicted.iteration_s,
+                       "predicted_rollout_s": rp.predicted.rollout_s, "predicted_train_s": rp.predicted.train_s,
+                       "pred_error": abs(rp.predicted.iteration_s - it_s) / it_s,
+                       "env_steps_per_s": env_sps, "samples_per_s": samples / it_s,
+                       "switch_mib": max(r["switch_bytes"] for r in recs) / 2**20,
+                       "rollout_s": sum(r["rollout_s"] for r in recs) / len(recs),
+                       "train_s": sum(r["train_s"] for r in recs) / len(recs),
+                       # the first actor rank's train_s split: waiting for / receiving the trajectories, the
+                       # update's compute (padded) and its gradient all-reduces
+                       **{k: sum(r[k] for r in recs) / len(recs)
+                          for k in ("assemble_s", "update_compute_s", "update_comm_s")}}
+        m = modes[name]
+        print(f"{name:18s} {m['placement']:60s} iter {it_s:.3f}s (pred {m['predicted_iter_s']:.3f}s, "
+              f"err {m['pred_error']:.1%}) env-steps/s {env_sps:.0f} samples/s {m['samples_per_s']:.1f}; "
+              f"update {m['update_compute_s']:.3f}s + all-reduce {m['update_comm_s']:.3f}s (pred "
+              f"{m['predicted_train_s']:.3f}s), trajectories {m['assemble_s']:.3f}s", flush=True)
     seq = modes["collocated_seq"]["measured_iter_s"]
     # the fixed pipelined placements (not the scheduler's pick): env and rollout overlap only with k > 1
     pipelines = [(n, rp) for n, rp in runs if n != "scheduler" and rp.mode != "collocated" and rp.k > 1]
@@ -321,7 +337,7 @@ def main(argv=None) -> int:
                       "profile": to_dict(prof),
                       "link": {"latency_s": alpha, "bandwidth": bw}, "step_sync_s": sync_step,
                       "slowdown": slowdown, "cores": cores,
-                      "load_average": load, "devices": a.devices,
+                      "load_average": load, "devices": a.devices, "rounds": a.rounds,
                       "iterations": iterations}))
     return 0
 
