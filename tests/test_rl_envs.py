@@ -55,6 +55,18 @@ def test_vec_env_chunks_autoreset_seeds_and_crash_restart():
         assert all(e["env"] in (1, 3) for e in r.episodes)
         r = env.chunk_step(zeros)
         assert not r.discarded.any() and r.obs["state"].shape == (4, 39)
+        # the step split in two (start the simulators, collect later) gives the same result as one call
+        env.reset(seed=5)
+        moves = np.random.default_rng(0).uniform(-1, 1, (4, 5, 4))
+        whole = env.chunk_step(moves)
+        env.reset(seed=5)
+        env.chunk_step_async(moves)
+        with pytest.raises(RuntimeError, match="step in flight"):
+            env.chunk_step_async(moves)
+        split = env.chunk_step_wait()
+        assert np.array_equal(split.obs["state"], whole.obs["state"]) and np.array_equal(split.reward, whole.reward)
+        with pytest.raises(RuntimeError, match="no step in flight"):
+            env.chunk_step_wait()
     finally:
         env.close()
 

@@ -133,6 +133,18 @@ def test_pipelined_two_env_ranks_k2_runs_on_four_ranks(reference):
     assert got[0]["pg_loss"] != ref[0]["pg_loss"]
 
 
+def test_one_rank_overlapping_two_microbatches_matches_the_disaggregated_pipeline(reference):
+    # one rank runs every role with k=2: it samples for one micro-batch while the other simulates; the same
+    # rollout stream and env slots as env | rollout | actor on three ranks, so the same metrics exactly
+    roles = {"num_envs": 4, "k": 2}
+    one, _, _ = _run(reference, "one_k2", {**roles, "mode": "collocated", "env": {"ranks": [0]},
+                                           "rollout": {"ranks": [0]}, "actor": {"ranks": [0]}})
+    dis, _, _ = _run(reference, "dis_k2", {**roles, "mode": "disaggregated", "env": {"ranks": [0]},
+                                           "rollout": {"ranks": [1]}, "actor": {"ranks": [2]}})
+    for g, r in zip(one, dis):
+        assert {k: g[k] for k in KEYS} == {k: r[k] for k in KEYS}
+
+
 def test_launcher_rejects_bad_input_before_starting_ranks(tmp_path, capsys):
     from hetero.rl.system import main
 

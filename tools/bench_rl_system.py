@@ -4,14 +4,17 @@
 
 In one run: (1) profile the roles on this machine, alone and one thread (env chunk-step, policy sample, PPO update;
 offload and flatten costs) with ``hetero.rl.scheduler.measure_profile``; (2) run the RL system (``hetero-run``, one
-rank per device, hetero communicator) in: collocated sequential (all roles on all ranks, k=1: one rank alternates
-simulation and inference), disaggregated pipelined env | rollout | actor with k = 1, 2, 4, hybrid pipelined
+rank per device, hetero communicator) in: collocated sequential (all roles on all ranks, one micro-batch per rank:
+each rank simulates its share of the envs, then runs inference on it, with no overlap; RLinf's collocated
+baseline), collocated on one rank (k=1: rank 0 alternates simulation and inference for every env while the others
+wait; the baseline of earlier versions of this bench, kept for comparison), disaggregated pipelined env | rollout | actor with k = 1, 2, 4, hybrid pipelined
 (env | rollout on half the ranks each, the actor data-parallel over all) with k = 2, 4, and the scheduler's choice
 for these devices, each placement ``--rounds`` times (default 2) in alternating order, so that drift of the
 machine's speed during the bench falls on every placement alike; (3) report env-steps/s and samples/s of each (mean
 over the iterations after each run's first, which includes start-up), the predicted iteration time of each placement against the measured one. Last line, one
 JSON object: ``{"pipeline_speedup": collocated sequential time / best pipelined (disaggregated or hybrid, k>1)
-time, "pipeline_speedup_disaggregated": the same over the disaggregated runs only, "scheduler_vs_best":
+time, "pipeline_speedup_disaggregated": the same over the disaggregated runs only, "pipeline_speedup_vs_one_rank":
+collocated-on-one-rank time / best pipelined time, "scheduler_vs_best":
 measured time of the scheduler's choice / best measured time, "pred_error": mean |predicted - measured| /
 measured, "modes": {...}}``.
 
@@ -271,7 +274,8 @@ def main(argv=None) -> int:
         "k_choices": sorted(set(a.ks) | {1, 2, 4, 8})}
     sc = build(SchedulerConfig, base)
     best, runner = schedule(sc)
-    runs = [("collocated_seq", RolePlan.from_dict(_roles("collocated", 1, a.devices, n_env)))]
+    runs = [("collocated_seq", RolePlan.from_dict(_roles("collocated", a.devices, a.devices, n_env))),
+            ("collocated_one_rank", RolePlan.from_dict(_roles("collocated", 1, a.devices, n_env)))]
     runs += [(f"disaggregated_k{k}", RolePlan.from_dict(_roles("disaggregated", k, a.devices, n_env))) for k in a.ks]
     runs += [(f"hybrid_k{k}", RolePlan.from_dict(_roles("hybrid", k, a.devices, n_env))) for k in a.ks if k > 1]
     runs.append(("scheduler", best))
@@ -316,7 +320,7 @@ def main(argv=None) -> int:
                        **{k: sum(r[k] for r in recs) / len(recs)
                           for k in ("assemble_s", "update_compute_s", "update_comm_s")}}
         m = modes[name]
-        print(f"{name:18s} {m['placement']:60s} iter {it_s:.3f}s (pred {m['predicted_iter_s']:.3f}s, "
+        print(f"{name:20s} {m['placement']:60s} iter {it_s:.3f}s (pred {m['predicted_iter_s']:.3f}s, "
               f"err {m['pred_error']:.1%}) env-steps/s {env_sps:.0f} samples/s {m['samples_per_s']:.1f}; "
               f"update {m['update_compute_s']:.3f}s + all-reduce {m['update_comm_s']:.3f}s (pred "
               f"{m['predicted_train_s']:.3f}s), trajectories {m['assemble_s']:.3f}s", flush=True)
@@ -332,6 +336,8 @@ def main(argv=None) -> int:
     print(json.dumps({"pipeline_speedup": seq / min(piped.values()),
                       "pipeline_speedup_disaggregated": seq / min(piped[n] for n, rp in pipelines
                                                                   if rp.mode == "disaggregated"),
+                      "pipeline_speedup_vs_one_rank": modes["collocated_one_rank"]["measured_iter_s"]
+                      / min(piped.values()),
                       "scheduler_vs_best": modes["scheduler"]["measured_iter_s"] / best_t,
                       "pred_error": sum(m["pred_error"] for m in modes.values()) / len(modes), "modes": modes,
                       "profile": to_dict(prof),

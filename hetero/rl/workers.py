@@ -8,7 +8,10 @@ on the roles the plan gives it. One iteration, in program order (deadlock-free f
 2. for each chunk step t and micro-batch j: the rollout rank of j receives the observation (and the previous step's
    rewards / dones / episodes), samples with the policy (:func:`hetero.rl.policy.sample`), bootstraps time-limit
    ends with V(final obs) if ``algo.bootstrap_truncated`` and sends the actions; the env rank of j steps its envs
-   by the chunk and sends the result back. Env and rollout on different ranks overlap across micro-batches: the elastic pipeline;
+   by the chunk and sends the result back (a rank that also runs inference starts its simulators and samples for
+   its next micro-batch meanwhile, collecting the result when it next needs the simulators or the observation;
+   one micro-batch simulates at a time per rank). Simulation of one micro-batch overlaps inference on another, on
+   different ranks and within a rank that holds both roles: the elastic pipeline;
 3. the rollout rank computes V(last obs) and ships the micro-batch's trajectory, tagged with the weights' version,
    to every actor rank;
 4. actor ranks assemble the ``[T, num_envs]`` batch, compute advantages (PPO: :func:`hetero.rl.algos.gae`; GRPO:
@@ -83,6 +86,7 @@ class RankRunner:
         self.switch_log: list[dict] = []
         tc = cfg.train
         self.envs: dict[int, ChunkVecEnv] = {}
+        self._pending: int | None = None  # the micro-batch this rank is simulating (one at a time)
         self.obs: dict[int, dict] = {}
         self.rollout_model = self.actor_model = self.opt = None
         if "rollout" in self.my:
@@ -132,9 +136,23 @@ class RankRunner:
             self.obs[j] = self.envs[j].reset(seed=tc.seed * 7919)
         self._ch("obs", j).send(j, {"obs": obs_to_torch(self.obs[j])})
 
-    def _env_step(self, j: int) -> None:
+    def _env_dispatch(self, j: int) -> None:
+        """Receive micro-batch j's actions and start simulating them. On a rank that also runs inference it returns
+        while the simulators run, so that inference on another micro-batch overlaps them; one micro-batch
+        simulates at a time per rank (its host's share of the simulation): the one in flight is finished first."""
         a = self._ch("act", j).recv(j)["actions"]
-        res = self.envs[j].chunk_step(np.clip(a.numpy(), -1.0, 1.0))
+        self._env_finish()
+        self.envs[j].chunk_step_async(np.clip(a.numpy(), -1.0, 1.0))
+        self._pending = j
+        if "rollout" not in self.my:  # nothing to overlap here: send the result as soon as it is there
+            self._env_finish()
+
+    def _env_finish(self) -> None:
+        """Collect the micro-batch in flight (if any) and send its observations on."""
+        if self._pending is None:
+            return
+        j, self._pending = self._pending, None
+        res = self.envs[j].chunk_step_wait()
         self.obs[j] = res.obs
         self._ch("obs", j).send(j, {"obs": obs_to_torch(res.obs), "final_obs": obs_to_torch(res.final_obs),
                                     "reward": torch.as_tensor(res.reward), "done": torch.as_tensor(res.done),
@@ -276,13 +294,18 @@ class RankRunner:
             for t in range(T + 1):
                 for j in range(self.roles.k):
                     if j in roll_mbs:
+                        if self._pending == j:  # this rank simulates j too: its observations first
+                            self._env_finish()
                         obs = self._rollout_recv(j, bufs[j], t)
                         if t < T:
                             self._rollout_act(j, obs, bufs[j])
                         else:
                             self._rollout_finish(j, obs, bufs[j])
-                    if j in env_mbs and t < T:
-                        self._env_step(j)
+                    if j in env_mbs:
+                        if t < T:
+                            self._env_dispatch(j)
+                        elif self._pending == j:
+                            self._env_finish()
             t_roll = time.perf_counter() - t_roll
             rec = None
             if "actor" in self.my:

@@ -207,6 +207,7 @@ class ChunkVecEnv:
         self.instructions: list[str] = [""] * num_envs
         self.task_names: list[str] = [""] * num_envs
         self.restarts = 0
+        self._alive: list[int] | None = None  # workers a step was sent to, while one is in flight
         for w in range(num_workers):
             self._start(w)
 
@@ -268,9 +269,32 @@ class ChunkVecEnv:
 
     def chunk_step(self, actions: np.ndarray) -> ChunkResult:
         """Execute ``actions [N, H, A]`` (each env runs its H actions, stopping early when its episode ends)."""
+        self.chunk_step_async(actions)
+        return self.chunk_step_wait()
+
+    def chunk_step_async(self, actions: np.ndarray) -> None:
+        """Send ``actions [N, H, A]`` to the workers and return while they simulate; :meth:`chunk_step_wait`
+        collects the result (one step in flight at a time)."""
         actions = np.asarray(actions, dtype=np.float64)
         if actions.ndim != 3 or actions.shape[0] != self.num_envs:
             raise ValueError(f"actions must be [num_envs={self.num_envs}, H, A], got {list(actions.shape)}")
+        if self._alive is not None:
+            raise RuntimeError("chunk_step_async called with a step in flight; call chunk_step_wait first")
+        alive = []
+        for w in range(self.num_workers):
+            try:
+                self.conns[w].send(("step", actions[self.slices[w]]))
+                alive.append(w)
+            except (BrokenPipeError, OSError):
+                pass
+        self._alive = alive
+
+    def chunk_step_wait(self) -> ChunkResult:
+        """The result of the step :meth:`chunk_step_async` sent (a crashed worker is restarted, its envs reset
+        and marked ``discarded``)."""
+        if self._alive is None:
+            raise RuntimeError("chunk_step_wait called with no step in flight")
+        alive, self._alive = self._alive, None
         n = self.num_envs
         obs: list = [None] * n
         final: list = [None] * n
@@ -281,13 +305,6 @@ class ChunkVecEnv:
         discarded = np.zeros(n, bool)
         episodes: list[dict] = []
         steps = 0
-        alive = []
-        for w in range(self.num_workers):
-            try:
-                self.conns[w].send(("step", actions[self.slices[w]]))
-                alive.append(w)
-            except (BrokenPipeError, OSError):
-                pass
         for w in range(self.num_workers):
             try:
                 if w not in alive:
