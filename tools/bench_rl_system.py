@@ -6,15 +6,17 @@ In one run: (1) profile the roles on this machine, alone and one thread (env chu
 offload and flatten costs) with ``hetero.rl.scheduler.measure_profile``; (2) run the RL system (``hetero-run``, one
 rank per device, hetero communicator) in: collocated sequential (all roles on all ranks, one micro-batch per rank:
 each rank simulates its share of the envs, then runs inference on it, with no overlap; RLinf's collocated
-baseline), collocated on one rank (k=1: rank 0 alternates simulation and inference for every env while the others
-wait; the baseline of earlier versions of this bench, kept for comparison), disaggregated pipelined env | rollout | actor with k = 1, 2, 4, hybrid pipelined
-(env | rollout on half the ranks each, the actor data-parallel over all) with k = 2, 4, and the scheduler's choice
-for these devices, each placement ``--rounds`` times (default 2) in alternating order, so that drift of the
-machine's speed during the bench falls on every placement alike; (3) report env-steps/s and samples/s of each (mean
-over the iterations after each run's first, which includes start-up), the predicted iteration time of each placement against the measured one. Last line, one
-JSON object: ``{"pipeline_speedup": collocated sequential time / best pipelined (disaggregated or hybrid, k>1)
-time, "pipeline_speedup_disaggregated": the same over the disaggregated runs only, "pipeline_speedup_vs_one_rank":
-collocated-on-one-rank time / best pipelined time, "scheduler_vs_best":
+baseline), collocated with two micro-batches per rank (each rank samples for one while the other simulates),
+collocated on one rank (k=1: rank 0 alternates simulation and inference for every env while the others wait; the
+baseline of earlier versions of this bench, kept for comparison), disaggregated pipelined env | rollout | actor
+with k = 1, 2, 4, hybrid pipelined (env | rollout on half the ranks each, the actor data-parallel over all) with
+k = 2, 4, and the scheduler's choice for these devices, each placement ``--rounds`` times (default 2) in
+alternating order, so that drift of the machine's speed during the bench falls on every placement alike; (3)
+report env-steps/s and samples/s of each (mean over the iterations after each run's first, which includes
+start-up), the predicted iteration time of each placement against the measured one. Last line, one JSON object:
+``{"pipeline_speedup": collocated sequential time / best pipelined time (collocated with two micro-batches per
+rank, disaggregated or hybrid with k>1), "pipeline_speedup_disaggregated": the same over the disaggregated runs
+only, "pipeline_speedup_vs_one_rank": collocated-on-one-rank time / best pipelined time, "scheduler_vs_best":
 measured time of the scheduler's choice / best measured time, "pred_error": mean |predicted - measured| /
 measured, "modes": {...}}``.
 
@@ -278,6 +280,9 @@ def main(argv=None) -> int:
             ("collocated_one_rank", RolePlan.from_dict(_roles("collocated", 1, a.devices, n_env)))]
     runs += [(f"disaggregated_k{k}", RolePlan.from_dict(_roles("disaggregated", k, a.devices, n_env))) for k in a.ks]
     runs += [(f"hybrid_k{k}", RolePlan.from_dict(_roles("hybrid", k, a.devices, n_env))) for k in a.ks if k > 1]
+    # collocated with two micro-batches per rank: each rank samples for one while the other simulates
+    runs.append((f"collocated_k{2 * a.devices}", RolePlan.from_dict(_roles("collocated", 2 * a.devices, a.devices,
+                                                                           n_env))))
     runs.append(("scheduler", best))
     for name, rp in runs:
         rp.predicted = predict(rp, sc)
@@ -325,8 +330,10 @@ def main(argv=None) -> int:
               f"update {m['update_compute_s']:.3f}s + all-reduce {m['update_comm_s']:.3f}s (pred "
               f"{m['predicted_train_s']:.3f}s), trajectories {m['assemble_s']:.3f}s", flush=True)
     seq = modes["collocated_seq"]["measured_iter_s"]
-    # the fixed pipelined placements (not the scheduler's pick): env and rollout overlap only with k > 1
-    pipelines = [(n, rp) for n, rp in runs if n != "scheduler" and rp.mode != "collocated" and rp.k > 1]
+    # the fixed pipelined placements (not the scheduler's pick): env and rollout overlap across ranks with k > 1,
+    # within a collocated rank with more micro-batches than ranks
+    pipelines = [(n, rp) for n, rp in runs if n != "scheduler"
+                 and rp.k > (len(rp.env.ranks) if rp.mode == "collocated" else 1)]
     piped = {n: modes[n]["measured_iter_s"] for n, _ in pipelines}
     best_t = min(m["measured_iter_s"] for m in modes.values())
     load = os.getloadavg()
