@@ -93,17 +93,21 @@ def test_env_bound_pipeline_is_warmup_plus_bottleneck_times_microbatches():
     assert seq.rollout_s == pytest.approx(3 * (0.016 + 0.08) + 0.016)
 
 
-def test_one_rank_with_two_microbatches_overlaps_inference_with_simulation():
-    # one rank, both roles, k=2 micro-batches of 4 envs: inference on one runs while the other simulates
-    cfg = _cfg([{"type": "cpu", "count": 1}], {"cpu": _prof(0.01, 0.002, 0.001, roll_fixed=0.003)}, k_choices=[2])
+def test_an_accelerator_rank_with_two_microbatches_overlaps_inference_with_simulation():
+    # one rank, both roles, k=2 micro-batches of 4 envs: on a GPU rank inference on one micro-batch runs while
+    # the other simulates on the host; on a CPU rank both take the same cores and add up
+    prof = {"cpu": _prof(0.01, 0.002, 0.001, roll_fixed=0.003)}
+    gpu = _cfg([{"type": "cpu", "count": 1, "device": "cuda"}], prof, k_choices=[2])
+    cpu = _cfg([{"type": "cpu", "count": 1}], prof, k_choices=[2])
     rp = RolePlan.from_dict({"mode": "collocated", "num_envs": 8, "k": 2, "env": {"ranks": [0]},
                              "rollout": {"ranks": [0]}, "actor": {"ranks": [0]}})
     r, e = 0.003 + 0.002 * 4, 0.01 * 4  # env-bound: the simulators are busy from the first actions on
     # warm-up R(0); then the simulators back to back: T steps x 2 micro-batches; then the last bootstrap of
     # micro-batch 1 (that of micro-batch 0 runs while micro-batch 1 simulates)
-    assert S.predict(rp, cfg).rollout_s == pytest.approx(r + 3 * 2 * e + r)
+    assert S.predict(rp, gpu).rollout_s == pytest.approx(r + 3 * 2 * e + r)
+    assert S.predict(rp, cpu).rollout_s == pytest.approx(3 * 2 * (r + e) + 2 * r)
     one = RolePlan.from_dict({**rp.to_dict(), "k": 1})
-    assert S.predict(one, cfg).rollout_s == pytest.approx(3 * (0.003 + 0.016 + 0.08) + 0.019)  # no overlap
+    assert S.predict(one, gpu).rollout_s == pytest.approx(3 * (0.003 + 0.016 + 0.08) + 0.019)  # one: no overlap
 
 
 def test_measured_microbatch_costs_make_side_by_side_ranks_wait_for_the_slowest():

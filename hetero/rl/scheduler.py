@@ -11,11 +11,11 @@ Cost model (:func:`predict`) of one iteration = rollout phase + actor update + w
 
 - rollout phase: the exact list schedule of the system's role loops: for every chunk step t and micro-batch j,
   inference R(j, t) on its rollout rank after the observation arrives, then env step E(j, t) on its env rank after
-  the actions arrive. A rank's simulators and its inference are separate resources, each running one micro-batch
-  at a time, and a rank holding both starts them in program order (the simulation of j only after that of the
-  micro-batch before it, inference on the next only after that start): one micro-batch per rank (collocated,
-  k = ranks) adds the role times up; with more, inference on one overlaps the simulation of another; on
-  separate ranks it is a pipeline: warm-up + bottleneck stage x micro-batches;
+  the actions arrive; a rank runs its tasks in program order. On an accelerator rank the simulators (host CPU) and
+  the inference are separate resources, each running one micro-batch at a time, so with more micro-batches than
+  ranks inference on one overlaps the simulation of another; on a CPU rank both compete for the same cores and
+  add up. Sequential roles on one rank add up (collocated = sum of role times); on separate ranks it is a
+  pipeline: warm-up + bottleneck stage x micro-batches;
 - update: the slowest actor rank on its equal share of the samples (data parallel), plus, with several actor
   ranks, one gradient all-reduce per optimizer step: measured for that many ranks where the workload has it
   (``step_sync_s``: lockstep ranks also wait there for the slowest one), else priced over ``link``
@@ -228,6 +228,12 @@ def classify(env: list[int], rollout: list[int], actor: list[int]) -> Mode | Non
     return None
 
 
+def _key(rank: int, overlapping: set[int], role: str) -> object:
+    """The resource a role's task occupies on ``rank``: its own (``(role, rank)``) where simulation and inference
+    overlap on that rank, else the rank (one resource for both)."""
+    return (role, rank) if rank in overlapping else rank
+
+
 def predict(rp: RolePlan, cfg: SchedulerConfig) -> RolePrediction:
     """Predicted seconds of one iteration of ``rp`` (see the module docstring)."""
     types = cfg.rank_types
@@ -239,33 +245,36 @@ def predict(rp: RolePlan, cfg: SchedulerConfig) -> RolePrediction:
     for r in rp.env.ranks:
         check(prof[types[r]].env is not None, "roles.env", f"rank {r} is a {types[r]} that cannot run envs")
     on_host = [d == "cpu" for d in cfg.rank_devices]
-    both = set(rp.env.ranks) & set(rp.rollout.ranks)
-    # each rank's simulators and its inference are two resources: a rank holding both roles samples for one
-    # micro-batch while another simulates (one at a time), but in program order: it starts simulating j only
-    # once the micro-batch before is simulated, and samples for the next after that
-    sim: dict[int, float] = {}
-    inf: dict[int, float] = {}
+    # a rank's simulators (host CPU) and its inference are two resources when the inference runs on an
+    # accelerator: a rank holding both roles then samples for one micro-batch while another simulates (one at a
+    # time), in program order: it starts simulating j only once the micro-batch before is simulated, and samples
+    # for the next after that. On a CPU rank both compete for the same cores: one resource, as if sequential
+    both = {r for r in set(rp.env.ranks) & set(rp.rollout.ranks) if not on_host[r]}
+    free: dict[object, float] = {}  # resource -> when it is next free
     ready = [0.0] * k  # when the observation of micro-batch j is available on its env rank
     host_work = 0.0    # CPU seconds of the rollout phase (env simulation + inference on CPU ranks)
     for _t in range(T):
         for j in range(k):
             er, rr = rp.env_rank(j), rp.rollout_rank(j)
             x = wl.transfer(m) if er != rr else 0.0
-            start = max(inf.get(rr, 0.0), ready[j] + x)
-            inf[rr] = start + prof[types[rr]].rollout(m)
-            start = max(sim.get(er, 0.0), inf[rr] + x)
-            if er in both:
-                inf[er] = max(inf.get(er, 0.0), start)
+            ri, es = _key(rr, both, "inf"), _key(er, both, "sim")
+            start = max(free.get(ri, 0.0), ready[j] + x)
+            free[ri] = start + prof[types[rr]].rollout(m)
+            start = max(free.get(es, 0.0), free[ri] + x)
+            if er in both:  # program order: the rank samples again only after starting this simulation
+                ei = _key(er, both, "inf")
+                free[ei] = max(free.get(ei, 0.0), start)
             e = prof[types[er]].env_s(m, j)
-            sim[er] = ready[j] = start + e
+            free[es] = ready[j] = start + e
             host_work += e + (prof[types[rr]].rollout(m) if on_host[rr] else 0.0)
     # the rollout rank receives the last step, bootstraps, and ships T*m samples per micro-batch to the actor
     done = 0.0
     for j in range(k):
         er, rr = rp.env_rank(j), rp.rollout_rank(j)
         x = wl.transfer(m) if er != rr else 0.0
-        t_j = max(inf.get(rr, 0.0), ready[j] + x) + prof[types[rr]].rollout(m)
-        inf[rr] = t_j
+        ri = _key(rr, both, "inf")
+        t_j = max(free.get(ri, 0.0), ready[j] + x) + prof[types[rr]].rollout(m)
+        free[ri] = t_j
         if any(a != rr for a in rp.actor.ranks):
             t_j += wl.transfer(T * m)
         done = max(done, t_j)
