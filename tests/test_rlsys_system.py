@@ -143,6 +143,11 @@ def test_one_rank_overlapping_two_microbatches_matches_the_disaggregated_pipelin
                                            "rollout": {"ranks": [1]}, "actor": {"ranks": [2]}})
     for g, r in zip(one, dis):
         assert {k: g[k] for k in KEYS} == {k: r[k] for k in KEYS}
+    # crossed roles: rank 0 simulates micro-batch 0 and samples for 1, rank 1 the other way round; each must send
+    # the observations it holds before waiting for actions, or both wait for each other
+    crossed, _, _ = _run(reference, "crossed", {**roles, "mode": "collocated", "env": {"ranks": [0, 1]},
+                                                "rollout": {"ranks": [1, 0]}, "actor": {"ranks": [0, 1]}})
+    assert [r["samples"] for r in crossed] == [16, 16]
 
 
 def test_launcher_rejects_bad_input_before_starting_ranks(tmp_path, capsys):

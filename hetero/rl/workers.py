@@ -140,8 +140,8 @@ class RankRunner:
         """Receive micro-batch j's actions and start simulating them. On a rank that also runs inference it returns
         while the simulators run, so that inference on another micro-batch overlaps them; one micro-batch
         simulates at a time per rank (its host's share of the simulation): the one in flight is finished first."""
+        self._env_finish()  # first: its observations may be what the rank sending j's actions waits for
         a = self._ch("act", j).recv(j)["actions"]
-        self._env_finish()
         self.envs[j].chunk_step_async(np.clip(a.numpy(), -1.0, 1.0))
         self._pending = j
         if "rollout" not in self.my:  # nothing to overlap here: send the result as soon as it is there
