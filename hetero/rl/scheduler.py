@@ -14,8 +14,8 @@ Cost model (:func:`predict`) of one iteration = rollout phase + actor update + w
   the actions arrive; a rank runs its tasks in program order. On an accelerator rank the simulators (host CPU) and
   the inference are separate resources, each running one micro-batch at a time, so with more micro-batches than
   ranks inference on one overlaps the simulation of another; on a CPU rank both compete for the same cores and
-  add up. Sequential roles on one rank add up (collocated = sum of role times); on separate ranks it is a
-  pipeline: warm-up + bottleneck stage x micro-batches;
+  add up (collocated = sum of role times). On separate ranks it is a pipeline: warm-up + bottleneck stage x
+  micro-batches;
 - update: the slowest actor rank on its equal share of the samples (data parallel), plus, with several actor
   ranks, one gradient all-reduce per optimizer step: measured for that many ranks where the workload has it
   (``step_sync_s``: lockstep ranks also wait there for the slowest one), else priced over ``link``
