@@ -103,6 +103,7 @@ from datetime import timedelta
 import hetero.communicator as hc
 from hetero.rl.config import load_config
 from hetero.rl.policy import load_checkpoint, obs_to_torch, sample
+from hetero.rl.scheduler import update_batch
 from hetero.rl.update import make_optimizer, ppo_update
 from hetero.runtime.emulate import Emulator
 torch.set_num_threads(1)
@@ -114,11 +115,7 @@ opt, _, _ = make_optimizer(model, cfg)
 obs = obs_to_torch({"state": np.random.default_rng(0).standard_normal((n, 39)).astype(np.float32),
                     "instruction": ["reach the goal"] * n}, "cpu")
 s = sample(model, obs, cfg.sampler, generator=torch.Generator().manual_seed(0))
-g = torch.Generator().manual_seed(1)
-ind = torch.randint(0, cfg.sampler.num_steps, (n,), generator=torch.Generator().manual_seed(2)) \\
-    if cfg.sampler.method == "flow_sde" else s.denoise_ind  # minibatches mix stochastic steps, as a rollout's do
-batch = {"obs": obs, "chain": s.chain, "denoise_ind": ind, "logp": s.logp, "value": s.value,
-         "adv": torch.randn(n, generator=g), "ret": torch.randn(n, generator=g)}
+batch = update_batch(obs, s, n, cfg, generator=torch.Generator().manual_seed(1))
 emu, per_step = Emulator.from_env(), []
 for i in range(reps + 1):  # the first is a warm-up (and sets the emulator's fastest blocks)
     st = ppo_update(model, opt, batch, cfg, iteration=cfg.algo.critic_warmup_iters + 1, shard=(rank, world, None),
@@ -256,14 +253,16 @@ def main(argv=None) -> int:
             f"{m} envs {t * 1e3:.2f} ms" for m, t in zip(sizes, msg)), flush=True)
     else:
         transfer = {"fixed_s": a.transfer_ms / 1e3, "per_item_s": 0.0}
-    job_env = {"HETERO_SLOWDOWN_BY_RANK": ",".join([f"{slowdown:g}"] * a.devices)} if slowdown > 1 else {}
+
+    def emulated(n: int) -> dict:  # the environment of a job of n ranks emulating the slower devices
+        return {"HETERO_SLOWDOWN_BY_RANK": ",".join([f"{slowdown:g}"] * n)} if slowdown > 1 else {}
+
+    job_env = emulated(a.devices)
     # the lockstep data-parallel update of every actor count a placement can have (2 .. all ranks), measured: its
     # all-reduce also absorbs the skew between the ranks' padded blocks, which gloo's all-reduce alone does not show
     sync_step = {}
     for n in range(2, a.devices + 1):
-        sync_step[n] = step_sync_s(a.config, ckpt, ranks=n, samples=samples,
-                                   env={**job_env, "HETERO_SLOWDOWN_BY_RANK": ",".join([f"{slowdown:g}"] * n)}
-                                   if job_env else {})
+        sync_step[n] = step_sync_s(a.config, ckpt, ranks=n, samples=samples, env=emulated(n))
         print(f"data-parallel update over {n} ranks: {sync_step[n] * 1e3:.1f} ms of all-reduce per optimizer step "
               f"(gloo alone prices {priced_step_sync_s(grad_bytes, n, link) * 1e3:.1f} ms)", flush=True)
     base = {

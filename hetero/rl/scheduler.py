@@ -439,6 +439,25 @@ def measure_profile(rl_cfg, *, sizes: list[int], sample_sizes: list[int], device
         torch.set_num_threads(threads)
 
 
+def update_batch(obs: dict, s, n: int, rl_cfg, *, generator) -> dict:
+    """A PPO update batch of ``n`` samples for timing the update (``hetero.rl.update.ppo_update``'s keys): the
+    observations ``obs`` and policy sample ``s`` (a :class:`hetero.rl.policy.Sample` of them) repeated to ``n``,
+    random advantages and returns. With Flow-SDE every sample gets its own stochastic denoising step, as a
+    rollout's samples carry one per chunk-step and micro-batch and an update's minibatches mix them (replay runs
+    one forward per distinct step); a single ``sample`` call has one step for all."""
+    import torch
+
+    from hetero.rl.update import index_obs
+
+    idx = torch.arange(n) % s.chain.shape[0]
+    ind = s.denoise_ind.cpu()[idx]
+    if rl_cfg.sampler.method == "flow_sde":
+        ind = torch.randint(0, rl_cfg.sampler.num_steps, (n,), generator=generator)
+    return {"obs": index_obs(obs, idx), "chain": s.chain.cpu()[idx], "denoise_ind": ind,
+            "logp": s.logp.cpu()[idx], "value": s.value.cpu()[idx], "adv": torch.randn(n, generator=generator),
+            "ret": torch.randn(n, generator=generator)}
+
+
 def _measure(rl_cfg, *, sizes, sample_sizes, device, repeats, slowdown, with_env, log) -> DeviceProfile:
     import dataclasses
 
@@ -447,7 +466,7 @@ def _measure(rl_cfg, *, sizes, sample_sizes, device, repeats, slowdown, with_env
 
     from hetero.rl.offload import HostStore
     from hetero.rl.policy import load_checkpoint, obs_to_torch, sample
-    from hetero.rl.update import index_obs, make_optimizer, ppo_update
+    from hetero.rl.update import make_optimizer, ppo_update
     from hetero.rl.workers import make_microbatch_env
     from hetero.runtime.emulate import Emulator
 
@@ -504,13 +523,7 @@ def _measure(rl_cfg, *, sizes, sample_sizes, device, repeats, slowdown, with_env
     o, s = last
     act_t = []
     for n in sample_sizes:
-        idx = torch.arange(n) % s.chain.shape[0]
-        ind = s.denoise_ind.cpu()[idx]
-        if rl_cfg.sampler.method == "flow_sde":  # a rollout's samples carry one stochastic step per chunk-step and
-            # micro-batch, so an update's minibatches mix them: replay runs one forward per distinct step
-            ind = torch.randint(0, rl_cfg.sampler.num_steps, (n,), generator=torch.Generator().manual_seed(n))
-        batch = {"obs": index_obs(o, idx), "chain": s.chain.cpu()[idx], "denoise_ind": ind,
-                 "logp": s.logp.cpu()[idx], "value": s.value.cpu()[idx], "adv": torch.randn(n), "ret": torch.randn(n)}
+        batch = update_batch(o, s, n, rl_cfg, generator=torch.Generator().manual_seed(n))
         ts = []
         for _ in range(2):
             t0 = time.perf_counter()
