@@ -44,6 +44,18 @@ def test_normalize_masked():
     assert algos.normalize(torch.tensor([1.0, 3.0])).tolist() == pytest.approx([-1.0, 1.0], abs=1e-6)
 
 
+def test_normalize_per_group():
+    # group 0 varies little, group 1 a lot: each comes out with mean 0 and std 1 of its own; masked entries 0
+    x = torch.tensor([0.50, 0.52, 10.0, 30.0, 0.48, 999.0])
+    g = torch.tensor([7, 7, 3, 3, 7, 3])
+    out = algos.normalize(x, torch.tensor([True, True, True, True, True, False]), groups=g)
+    assert out[[0, 1, 4]].tolist() == pytest.approx([0.0, 1.2247, -1.2247], abs=1e-3)
+    assert out[[2, 3, 5]].tolist() == pytest.approx([-1.0, 1.0, 0.0], abs=1e-6)
+    # one group: the same as without groups
+    y = torch.randn(9)
+    assert torch.allclose(algos.normalize(y, groups=torch.zeros(9, dtype=torch.long)), algos.normalize(y))
+
+
 def test_ppo_clip_behaviour():
     old = torch.zeros(4)
     # ratios 2.0 (A>0: clipped at 1.2), 0.5 (A>0: unclipped 0.5), 2.0 (A<0: unclipped -2), 0.5 (A<0: clipped -0.8)

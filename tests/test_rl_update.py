@@ -18,13 +18,18 @@ def _batch(model: VLAPolicy, n: int = 32) -> dict:
             "adv": torch.randn(n, generator=g), "ret": torch.rand(n, generator=g)}
 
 
-@pytest.mark.parametrize("expert_only", [True, False])
-def test_train_expert_only_freezes_the_prefix_encoder(expert_only):
+def _model_cfg(**algo) -> tuple[VLAPolicy, RLConfig]:
+    """A small seeded policy and an RL config with one update epoch at lr 1e-3 (``algo`` overrides)."""
     torch.manual_seed(0)
     model = VLAPolicy(VLAConfig(state_dim=6, action_dim=3, horizon=4, text="learned"))
     cfg = build(RLConfig, {"sampler": {"method": "flow_sde", "num_steps": 3, "chunk": 4}, "policy": {"horizon": 4},
-                           "algo": {"train_expert_only": expert_only, "critic_warmup_iters": 0, "lr": 1e-3,
-                                    "minibatch_size": 16, "update_epochs": 1}})
+                           "algo": {"critic_warmup_iters": 0, "lr": 1e-3, "update_epochs": 1, **algo}})
+    return model, cfg
+
+
+@pytest.mark.parametrize("expert_only", [True, False])
+def test_train_expert_only_freezes_the_prefix_encoder(expert_only):
+    model, cfg = _model_cfg(train_expert_only=expert_only, minibatch_size=16)
     opt, policy_params, value_params = make_optimizer(model, cfg)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     stats = ppo_update(model, opt, _batch(model), cfg, iteration=1)
@@ -39,3 +44,20 @@ def test_train_expert_only_freezes_the_prefix_encoder(expert_only):
     else:
         assert moved & prefix
     assert len(value_params) == sum(1 for n, _ in model.named_parameters() if n.startswith("value_head"))
+
+
+def test_per_task_advantage_normalisation_ignores_each_tasks_scale():
+    """adv_norm=task: rescaling and shifting one task's advantages leaves the update unchanged ("batch" does not)."""
+    def run(adv_norm: str, scale: float) -> dict:
+        model, cfg = _model_cfg(adv_norm=adv_norm, minibatch_size=32)
+        opt, _, _ = make_optimizer(model, cfg)
+        b = _batch(model)
+        b["obs"]["instruction"] = ["reach the goal", "push the puck"] * 16
+        b["adv"][1::2] = b["adv"][1::2] * scale + 3.0 * (scale != 1.0)
+        ppo_update(model, opt, b, cfg, iteration=1)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if model.is_expert_param(n)}
+
+    def gap(a, b) -> float:  # largest parameter difference (lr 1e-3: a changed update moves params ~1e-3)
+        return max((a[n] - b[n]).abs().max().item() for n in a)
+    assert gap(run("task", 1.0), run("task", 50.0)) < 1e-4  # float32 rounding of the rescaled advantages only
+    assert gap(run("batch", 1.0), run("batch", 50.0)) > 1e-3

@@ -23,7 +23,7 @@ from hetero.rl.scheduler import to_plan
 from hetero.rl.system import launch, read_metrics
 
 CONFIG = "examples/rl/system_tiny.yaml"
-KEYS = ["success_rate", "return", "episodes", "env_steps", "samples", "kl", "clip_fraction", "pg_loss", "v_loss",
+KEYS = ["success_rate", "return", "episodes", "per_task", "env_steps", "samples", "kl", "clip_fraction", "pg_loss", "v_loss",
         "entropy"]
 
 

@@ -41,15 +41,21 @@ def bootstrap_truncated(rewards: torch.Tensor, truncated: torch.Tensor, final_va
     return rewards + gamma * final_values * truncated.float()
 
 
-def normalize(x: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-8) -> torch.Tensor:
-    """``(x - mean) / (std + eps)`` over the entries where mask is true (all when mask is None); same shape."""
-    if mask is None:
-        return (x - x.mean()) / (x.std(unbiased=False) + eps)
-    m = mask.float()
-    n = m.sum().clamp_min(1.0)
-    mean = (x * m).sum() / n
-    var = (((x - mean) ** 2) * m).sum() / n
-    return (x - mean) / (var.sqrt() + eps) * m
+def normalize(x: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-8,
+              groups: torch.Tensor | None = None) -> torch.Tensor:
+    """``(x - mean) / (std + eps)`` over the entries where mask is true (all when mask is None); same shape, 0 where
+    masked out. With ``groups`` (int ids, x's shape) each group is normalised by its own mean and std (per-task
+    advantages in multi-task RL: a task whose returns vary little is not drowned by one whose returns vary a lot)."""
+    m = torch.ones_like(x) if mask is None else mask.float()
+    if groups is None:
+        groups = torch.zeros(x.shape, dtype=torch.long, device=x.device)
+    ids = torch.unique(groups, return_inverse=True)[1]
+    k = int(ids.max()) + 1 if ids.numel() else 0
+    n = torch.zeros(k, dtype=x.dtype, device=x.device).index_add_(0, ids.reshape(-1), m.reshape(-1)).clamp_min(1.0)
+    mean = torch.zeros_like(n).index_add_(0, ids.reshape(-1), (x * m).reshape(-1)) / n
+    dev = (x - mean[ids]) * m
+    var = torch.zeros_like(n).index_add_(0, ids.reshape(-1), (dev**2).reshape(-1)) / n
+    return dev / (var.sqrt()[ids] + eps)
 
 
 @dataclass(frozen=True)

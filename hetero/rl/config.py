@@ -118,6 +118,8 @@ class AlgoConfig:
     """GRPO: drop groups whose mean score is below this (null with filter_high null: keep all groups)."""
     filter_high: float | None = 0.9
     """GRPO: drop groups whose mean score is above this (scores are success counts with sparse reward)."""
+    adv_norm: Literal["batch", "task"] = "batch"
+    """PPO advantage normalisation: over the whole batch, or per task (samples grouped by instruction)."""
     target_kl: float | None = None
     """Stop the update epochs early when the approximate KL exceeds this (null: never)."""
     bootstrap_truncated: bool = False

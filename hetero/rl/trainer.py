@@ -29,6 +29,7 @@ from hetero.config import to_dict
 from hetero.rl import algos
 from hetero.rl.config import RLConfig
 from hetero.rl.envs import make_vec_env
+from hetero.rl.envs.base import episode_metrics
 from hetero.rl.eval import evaluate_config
 from hetero.rl.policy import load_checkpoint, obs_to_torch, sample, save_checkpoint
 from hetero.rl.update import cat_obs, index_obs, make_optimizer, ppo_update
@@ -153,10 +154,7 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
             # ---- 4. metrics, eval, checkpoint ---------------------------------------------------------------
             wall = time.time() - t_iter
             total_env_steps += env_steps
-            rec = {"iteration": it,
-                   "success_rate": float(np.mean([e["success_once"] for e in episodes])) if episodes else None,
-                   "return": float(np.mean([e["return"] for e in episodes])) if episodes else None,
-                   "episodes": len(episodes), "env_steps": env_steps,
+            rec = {"iteration": it, **episode_metrics(episodes), "env_steps": env_steps,
                    "env_steps_per_s": env_steps / wall, "policy_steps_per_s": T * n_env / max(t_policy, 1e-9),
                    "kl": st["kl"], "clip_fraction": st["clip_fraction"], "pg_loss": st["pg_loss"],
                    "v_loss": st["v_loss"], "entropy": st["entropy"], "samples": st["samples"],

@@ -41,6 +41,12 @@ def cat_obs(obs_list: list[dict]) -> dict:
     return out
 
 
+def task_ids(obs: dict) -> torch.Tensor:
+    """An int id per sample ``[N]``, equal where the instructions are equal (the task, in the multi-task suites)."""
+    ids: dict[str, int] = {}
+    return torch.tensor([ids.setdefault(s, len(ids)) for s in obs["instruction"]], dtype=torch.long)
+
+
 def make_optimizer(model: torch.nn.Module, cfg: RLConfig) -> tuple[torch.optim.Optimizer, list, list]:
     """AdamW with a policy group (``algo.lr``) and a value-head group (``algo.value_lr``): (optimizer, policy
     params, value params). With ``algo.train_expert_only`` the prefix encoder's parameters stop requiring grad."""
@@ -73,7 +79,7 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
     chain_f, ind_f, flat_obs = batch["chain"], batch["denoise_ind"], batch["obs"]
     sel_all = torch.nonzero(mask_f).squeeze(1)
     if ac.name == "ppo" and len(sel_all):
-        adv_f = algos.normalize(adv_f, mask_f)
+        adv_f = algos.normalize(adv_f, mask_f, groups=task_ids(flat_obs) if ac.adv_norm == "task" else None)
     warmup = ac.name == "ppo" and iteration <= ac.critic_warmup_iters
     policy_ids = {id(p) for p in opt.param_groups[0]["params"]}  # make_optimizer's policy group
     params = [p for g in opt.param_groups for p in g["params"]]

@@ -44,7 +44,7 @@ from hetero.rl import algos
 from hetero.rl.channel import Channels
 from hetero.rl.config import EnvConfig, RLConfig
 from hetero.rl.envs import slice_class
-from hetero.rl.envs.base import ChunkVecEnv, SliceFactory
+from hetero.rl.envs.base import ChunkVecEnv, SliceFactory, episode_metrics
 from hetero.rl.offload import HostStore
 from hetero.rl.policy import load_checkpoint, obs_to_torch, sample, save_checkpoint
 from hetero.rl.update import cat_obs, index_obs, make_optimizer, ppo_update
@@ -265,10 +265,7 @@ class RankRunner:
         shard = (self.actor_index, n_a, self.actor_group) if n_a > 1 else None
         st = ppo_update(self.actor_model, self.opt, flat, self.cfg, iteration=it, device=self.device, shard=shard,
                         emulator=self.emu_update)
-        eps = b["episodes"]
-        return {"success_rate": float(np.mean([e["success_once"] for e in eps])) if eps else None,
-                "return": float(np.mean([e["return"] for e in eps])) if eps else None,
-                "episodes": len(eps), "env_steps": b["env_steps"],
+        return {**episode_metrics(b["episodes"]), "env_steps": b["env_steps"],
                 "policy_steps_per_s": T * n_env / max(b["t_policy"], 1e-9), **st, "restarts": b["restarts"],
                 "assemble_s": t_assemble}
 

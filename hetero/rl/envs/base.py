@@ -106,6 +106,16 @@ class ChunkResult:
     """Simulator steps executed in this chunk (all envs)."""
 
 
+def episode_metrics(episodes: list[dict]) -> dict:
+    """Finished episodes (``ChunkResult.episodes``) -> success_rate and return (means; None without episodes),
+    episodes (count) and per_task (success rate per task name)."""
+    def mean(key, eps=episodes):
+        return float(np.mean([e[key] for e in eps])) if eps else None
+    tasks = sorted({e["task"] for e in episodes})
+    return {"success_rate": mean("success_once"), "return": mean("return"), "episodes": len(episodes),
+            "per_task": {t: mean("success_once", [e for e in episodes if e["task"] == t]) for t in tasks}}
+
+
 def _stack_obs(obs_list: list[dict]) -> dict:
     out = {"state": np.stack([o["state"] for o in obs_list]).astype(np.float32)}
     if "images" in obs_list[0]:
