@@ -19,6 +19,7 @@ import json
 import numpy as np
 import torch
 
+from hetero.config import ConfigError
 from hetero.rl.config import load_config
 from hetero.rl.envs import make_vec_env
 from hetero.rl.eval import eval_env_config
@@ -30,15 +31,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True, help="RL config YAML (env and sampler)")
     ap.add_argument("--checkpoint", required=True, help="policy checkpoint (SFT or RL)")
     ap.add_argument("--noise-level", type=float, action="append", help="Flow-SDE noise levels (repeatable)")
-    ap.add_argument("--method", default=None, help="flow_sde or flow_noise (default: the config's)")
+    ap.add_argument("--method", choices=["flow_sde", "flow_noise"], default=None,
+                    help="sampling method (default: the config's)")
     ap.add_argument("--samples", type=int, default=64, help="chunks sampled per observation")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    cfg = load_config(args.config)
-    model, _ = load_checkpoint(args.checkpoint)
-    model.eval()
+    if args.samples < 2:
+        ap.error(f"--samples must be >= 2 to measure a spread, got {args.samples}")
+    try:
+        cfg = load_config(args.config)
+        model, _ = load_checkpoint(args.checkpoint)
+    except ConfigError as e:
+        ap.error(str(e))
     method = args.method or cfg.sampler.method
+    if method not in ("flow_sde", "flow_noise"):
+        ap.error(f"the config samples with {method!r}: pass --method flow_sde or flow_noise")
+    if args.noise_level and method != "flow_sde":
+        ap.error("--noise-level applies to flow_sde only (flow_noise learns its noise)")
+    torch.set_num_threads(1)
+    model.eval()
     env = make_vec_env(eval_env_config(cfg.env, episodes=1, variation_seed=cfg.train.eval_variation_seed))
     try:
         obs = obs_to_torch(env.reset(seed=args.seed))
@@ -48,13 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         ode = sample(model, obs, cfg.sampler, method="ode", generator=g).actions.numpy()  # [E, chunk, A]
         rows = []
-        for level in (args.noise_level or [cfg.sampler.noise_level]) if method == "flow_sde" else [None]:
+        for level in args.noise_level or [cfg.sampler.noise_level if method == "flow_sde" else None]:
             sc = cfg.sampler if level is None else dataclasses.replace(cfg.sampler, noise_level=level)
             acts = np.stack([sample(model, obs, sc, method=method, generator=g).actions.numpy()
                              for _ in range(args.samples)])  # [samples, E, chunk, A]
-            std = float(acts.std(0).mean())
+            spread = acts.std(0)  # [E, chunk, A]
+            std = float(spread.mean())
             rows.append({"method": method, "noise_level": level, "action_std": round(std, 4)})
-            per_dim = [round(float(x), 3) for x in acts.std(0).mean((0, 1))]
+            per_dim = [round(float(x), 3) for x in spread.mean((0, 1))]
             label = f"noise_level={level}" if method == "flow_sde" else "learned noise"
             print(f"{method} {label}: action std across {args.samples} samples {std:.3f} (per action dim {per_dim}); "
                   f"|ODE action| {np.abs(ode).mean():.3f}")
