@@ -45,3 +45,23 @@ def test_per_task_demo_counts_override_and_unknown_tasks_are_named():
         demo_counts(bad)
     with pytest.raises(ConfigError, match=r"^sft\.task_demos\.reach-v3: must be >= 1"):
         build(RLConfig, {"sft": {"task_demos": {"reach-v3": 0}}})
+
+
+def test_rl_options_apply_the_noise_bounds_to_a_loaded_model_and_bad_bounds_are_named():
+    import torch
+
+    from hetero.models.vla import VLAConfig, VLAPolicy
+    from hetero.rl import flow
+
+    sft = VLAPolicy(VLAConfig.preset("cpu", state_dim=6, action_dim=4, horizon=5, text="learned"))
+    assert (sft.cfg.noise_min_std, sft.cfg.noise_max_std) == (0.08, 0.16)
+    cfg = load_config("examples/rl/metaworld_mt10_flow_noise.yaml",
+                      ["policy.noise_min_std=0.12", "policy.noise_max_std=0.24", "policy.detach_critic_input=false"])
+    sft.cfg = cfg.policy.rl_options(sft.cfg)
+    assert (sft.cfg.noise_min_std, sft.cfg.noise_max_std, sft.cfg.detach_critic_input) == (0.12, 0.24, False)
+    feats = torch.randn(3, 5, sft.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    std = sft.noise_std(feats)  # [3, 5, A]
+    assert torch.equal(std, flow.bounded_std(sft.noise_head(feats), 0.12, 0.24))
+    assert 0.12 - 1e-6 <= float(std.min()) and float(std.max()) <= 0.24 + 1e-6
+    with pytest.raises(ConfigError, match=r"^policy\.noise_min_std: must satisfy 0 < noise_min_std < noise_max_std"):
+        build(RLConfig, {"policy": {"noise_min_std": 0.2, "noise_max_std": 0.1}})

@@ -2,6 +2,7 @@
 
     python tools/rl_explore.py --config examples/rl/metaworld_mt10_flow_sde.yaml \
         --checkpoint runs/rl_mt10/sft_fewshot.pt --noise-level 0.5 --noise-level 1.0 [--method flow_noise]
+        [--set policy.noise_max_std=0.32]
 
 Resets the config's held-out evaluation envs (one per task), samples ``--samples`` action chunks for each first
 observation, and prints per noise setting the standard deviation across samples (mean over envs, chunk steps and
@@ -35,12 +36,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="sampling method (default: the config's)")
     ap.add_argument("--samples", type=int, default=64, help="chunks sampled per observation")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, as in hetero rl (e.g. policy.noise_min_std=0.16)")
     args = ap.parse_args(argv)
     if args.samples < 2:
         ap.error(f"--samples must be >= 2 to measure a spread, got {args.samples}")
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, args.set)
         model, _ = load_checkpoint(args.checkpoint)
+        model.cfg = cfg.policy.rl_options(model.cfg)
     except ConfigError as e:
         ap.error(str(e))
     method = args.method or cfg.sampler.method

@@ -11,6 +11,7 @@ the default), ``libero`` (:class:`LiberoConfig`) or ``maniskill`` (:class:`ManiS
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -35,15 +36,27 @@ class PolicyConfig:
     """Predicted action chunk H."""
     detach_critic_input: bool = True
     """Stop value-loss gradients at the critic input (RLinf's pi0 setting; keeps the critic off the policy)."""
+    noise_min_std: float = 0.08
+    """Lower bound of Flow-Noise's learned per-step std (piRL's noise_logvar_range default [0.08, 0.16])."""
+    noise_max_std: float = 0.16
+    """Upper bound of Flow-Noise's learned per-step std."""
 
     def __post_init__(self):
         check(self.horizon >= 1, "horizon", "must be >= 1")
+        check(0 < self.noise_min_std < self.noise_max_std, "noise_min_std",
+              f"must satisfy 0 < noise_min_std < noise_max_std, got {self.noise_min_std}, {self.noise_max_std}")
 
     def vla_config(self, *, state_dim: int, action_dim: int, num_cameras: int, image_size: int) -> VLAConfig:
         """The full model config."""
         return VLAConfig.preset(self.size, state_dim=state_dim, action_dim=action_dim, horizon=self.horizon,
                                 num_cameras=num_cameras, image_size=image_size, text=self.text,
-                                detach_critic_input=self.detach_critic_input)
+                                detach_critic_input=self.detach_critic_input, noise_min_std=self.noise_min_std,
+                                noise_max_std=self.noise_max_std)
+
+    def rl_options(self, model_cfg: VLAConfig) -> VLAConfig:
+        """``model_cfg`` (e.g. from an SFT checkpoint) with this config's RL-time choices: critic input, noise bounds."""
+        return dataclasses.replace(model_cfg, detach_critic_input=self.detach_critic_input,
+                                   noise_min_std=self.noise_min_std, noise_max_std=self.noise_max_std)
 
 
 @dataclass(kw_only=True)

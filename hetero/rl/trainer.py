@@ -58,7 +58,7 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
     ckpt_path = out / "checkpoint.pt"
     resumed = ckpt_path.is_file()
     model, ck = load_checkpoint(ckpt_path if resumed else tc.init_checkpoint)
-    model.cfg.detach_critic_input = cfg.policy.detach_critic_input  # an RL-time choice, not an SFT one
+    model.cfg = cfg.policy.rl_options(model.cfg)  # RL-time choices, not SFT ones
     model.to(dev)
     opt, _, _ = make_optimizer(model, cfg)
     start_iter, history = 0, []
