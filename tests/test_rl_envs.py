@@ -103,3 +103,24 @@ def test_dense_reward_pays_the_rest_of_the_episode_at_success():
     bonus = (150 - sl.steps[0]) / 150  # the share of the episode left
     assert bonus <= r <= bonus + 1.0 / 150 + 1e-9 and 0.0 < total <= 1.0 + 1e-9
     sl.close()
+
+
+def test_evaluate_counts_its_episodes_per_task_and_refuses_a_short_count():
+    from hetero.models.vla import VLAConfig, VLAPolicy
+    from hetero.rl.eval import evaluate
+    from hetero.rl.policy import SamplerConfig
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = VLAPolicy(VLAConfig.preset("cpu", state_dim=39, action_dim=4, horizon=5, text="learned"))
+    cfg = MetaWorldConfig(tasks=["reach-v3", "drawer-close-v3"], num_envs=4, num_workers=1, max_episode_steps=10)
+    env = make_vec_env(cfg)
+    try:
+        sampler = SamplerConfig(method="flow_sde", num_steps=2, chunk=5)
+        res = evaluate(model, env, sampler, episodes=3, seed=0)  # 2 chunk steps per episode
+        assert res["episodes"] == 6 and sorted(res["per_task"]) == ["drawer-close-v3", "reach-v3"]
+        assert res["length"] == 10 and 0.0 <= res["success_rate"] <= 1.0
+        with pytest.raises(RuntimeError, match="0 of 6 episodes finished"):
+            evaluate(model, env, sampler, episodes=3, seed=0, max_chunks=1)
+    finally:
+        env.close()

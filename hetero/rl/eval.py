@@ -20,7 +20,7 @@ import torch
 from hetero.models.vla import VLAPolicy
 from hetero.rl.config import EnvConfig
 from hetero.rl.envs import make_vec_env
-from hetero.rl.envs.base import ChunkVecEnv
+from hetero.rl.envs.base import ChunkVecEnv, episode_metrics
 from hetero.rl.policy import NoiseMethod, SamplerConfig, obs_to_torch, sample
 
 
@@ -63,12 +63,11 @@ def evaluate(model: VLAPolicy, env: ChunkVecEnv, sampler: SamplerConfig, *, epis
                 got[i].append(ep)
         obs = res.obs
     eps = [e for lst in got for e in lst]
-    per_task = {t: float(np.mean([e["success_once"] for i in slots[t] for e in got[i]])) for t in tasks}
+    if len(eps) < quota.sum():
+        raise RuntimeError(f"evaluation stopped after {max_chunks} chunk steps with {len(eps)} of {quota.sum()} "
+                           "episodes finished: an episode that never ends (check max_episode_steps)")
     wall = time.time() - t0
-    return {"success_rate": float(np.mean([e["success_once"] for e in eps])) if eps else 0.0,
-            "episodes": len(eps), "per_task": per_task,
-            "return": float(np.mean([e["return"] for e in eps])) if eps else 0.0,
-            "length": float(np.mean([e["length"] for e in eps])) if eps else 0.0,
+    return {**episode_metrics(eps), "length": float(np.mean([e["length"] for e in eps])),
             "env_steps_per_s": steps / max(wall, 1e-9), "wall_s": wall}
 
 
