@@ -63,5 +63,13 @@ def test_rl_options_apply_the_noise_bounds_to_a_loaded_model_and_bad_bounds_are_
     std = sft.noise_std(feats)  # [3, 5, A]
     assert torch.equal(std, flow.bounded_std(sft.noise_head(feats), 0.12, 0.24))
     assert 0.12 - 1e-6 <= float(std.min()) and float(std.max()) <= 0.24 + 1e-6
+    feats.requires_grad_(True)
+    sft.noise_std(feats).sum().backward()
+    assert feats.grad is not None and feats.grad.abs().sum() > 0  # piRL: std gradients reach the expert
+    feats.grad = None
+    sft.cfg = load_config("examples/rl/metaworld_mt10_flow_noise.yaml", ["policy.noise_detach=true"]).policy.rl_options(
+        sft.cfg)
+    sft.noise_std(feats).sum().backward()
+    assert feats.grad is None and sft.noise_head[0].weight.grad is not None  # the head still learns
     with pytest.raises(ConfigError, match=r"^policy\.noise_min_std: must satisfy 0 < noise_min_std < noise_max_std"):
         build(RLConfig, {"policy": {"noise_min_std": 0.2, "noise_max_std": 0.1}})

@@ -74,6 +74,8 @@ class VLAConfig:
     """Lower bound of the learned Flow-Noise std."""
     noise_max_std: float = 0.16
     """Upper bound of the learned Flow-Noise std."""
+    noise_detach: bool = False
+    """Feed the noise network detached expert features: its std (and entropy) gradients then stop at its input."""
 
     def __post_init__(self):
         check(self.state_dim > 0, "state_dim", "must be > 0")
@@ -342,6 +344,7 @@ class VLAPolicy(nn.Module):
 
     def noise_std(self, feats: torch.Tensor) -> torch.Tensor:
         """Flow-Noise std ``[B, H, A]`` in [noise_min_std, noise_max_std] from expert features ``[B, H, d]``."""
+        feats = feats.detach() if self.cfg.noise_detach else feats
         return flow.bounded_std(self.noise_head(feats), self.cfg.noise_min_std, self.cfg.noise_max_std)
 
     def fm_loss(self, obs: dict, actions: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -40,6 +40,8 @@ class PolicyConfig:
     """Lower bound of Flow-Noise's learned per-step std (piRL's noise_logvar_range default [0.08, 0.16])."""
     noise_max_std: float = 0.16
     """Upper bound of Flow-Noise's learned per-step std."""
+    noise_detach: bool = False
+    """Stop Flow-Noise's std and entropy gradients at the noise network's input (piRL lets them reach the expert)."""
 
     def __post_init__(self):
         check(self.horizon >= 1, "horizon", "must be >= 1")
@@ -51,12 +53,13 @@ class PolicyConfig:
         return VLAConfig.preset(self.size, state_dim=state_dim, action_dim=action_dim, horizon=self.horizon,
                                 num_cameras=num_cameras, image_size=image_size, text=self.text,
                                 detach_critic_input=self.detach_critic_input, noise_min_std=self.noise_min_std,
-                                noise_max_std=self.noise_max_std)
+                                noise_max_std=self.noise_max_std, noise_detach=self.noise_detach)
 
     def rl_options(self, model_cfg: VLAConfig) -> VLAConfig:
-        """``model_cfg`` (e.g. from an SFT checkpoint) with this config's RL-time choices: critic input, noise bounds."""
+        """``model_cfg`` (e.g. from an SFT checkpoint) with this config's RL-time choices: critic input, noise std."""
         return dataclasses.replace(model_cfg, detach_critic_input=self.detach_critic_input,
-                                   noise_min_std=self.noise_min_std, noise_max_std=self.noise_max_std)
+                                   noise_min_std=self.noise_min_std, noise_max_std=self.noise_max_std,
+                                   noise_detach=self.noise_detach)
 
 
 @dataclass(kw_only=True)
