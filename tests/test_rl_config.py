@@ -56,7 +56,8 @@ def test_rl_options_apply_the_noise_bounds_to_a_loaded_model_and_bad_bounds_are_
     sft = VLAPolicy(VLAConfig.preset("cpu", state_dim=6, action_dim=4, horizon=5, text="learned"))
     assert (sft.cfg.noise_min_std, sft.cfg.noise_max_std) == (0.08, 0.16)
     cfg = load_config("examples/rl/metaworld_mt10_flow_noise.yaml",
-                      ["policy.noise_min_std=0.12", "policy.noise_max_std=0.24", "policy.detach_critic_input=false"])
+                      ["policy.noise_min_std=0.12", "policy.noise_max_std=0.24", "policy.detach_critic_input=false",
+                       "policy.noise_detach=false"])
     sft.cfg = cfg.policy.rl_options(sft.cfg)
     assert (sft.cfg.noise_min_std, sft.cfg.noise_max_std, sft.cfg.detach_critic_input) == (0.12, 0.24, False)
     feats = torch.randn(3, 5, sft.cfg.d_model, generator=torch.Generator().manual_seed(0))
