@@ -74,3 +74,22 @@ def test_rl_options_apply_the_noise_bounds_to_a_loaded_model_and_bad_bounds_are_
     assert feats.grad is None and sft.noise_head[0].weight.grad is not None  # the head still learns
     with pytest.raises(ConfigError, match=r"^policy\.noise_min_std: must satisfy 0 < noise_min_std < noise_max_std"):
         build(RLConfig, {"policy": {"noise_min_std": 0.2, "noise_max_std": 0.1}})
+
+
+def test_load_checkpoint_applies_the_rl_policy_options_and_keeps_the_weights(tmp_path):
+    import torch
+
+    from hetero.models.vla import VLAConfig, VLAPolicy
+    from hetero.rl.policy import load_checkpoint, save_checkpoint
+
+    sft = VLAPolicy(VLAConfig.preset("cpu", state_dim=6, action_dim=4, horizon=5, text="learned"))
+    save_checkpoint(tmp_path / "sft.pt", model=sft)
+    plain, _ = load_checkpoint(tmp_path / "sft.pt")
+    assert plain.cfg == sft.cfg  # without policy=, the checkpoint's own choices
+    policy = load_config("examples/rl/metaworld_mt10_flow_noise.yaml").policy
+    rl, ck = load_checkpoint(tmp_path / "sft.pt", policy=policy)
+    assert (rl.cfg.noise_min_std, rl.cfg.noise_max_std, rl.cfg.noise_detach, rl.cfg.detach_critic_input) == (
+        policy.noise_min_std, policy.noise_max_std, policy.noise_detach, policy.detach_critic_input)
+    assert (rl.cfg.noise_min_std, rl.cfg.noise_detach) != (sft.cfg.noise_min_std, sft.cfg.noise_detach)
+    assert all(torch.equal(a, b) for a, b in zip(rl.state_dict().values(), sft.state_dict().values(), strict=True))
+    assert set(ck) == {"vla_config", "model"}

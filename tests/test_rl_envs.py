@@ -106,11 +106,12 @@ def test_dense_reward_pays_the_rest_of_the_episode_at_success():
 
 
 def test_evaluate_counts_its_episodes_per_task_and_refuses_a_short_count():
+    import torch
+
     from hetero.models.vla import VLAConfig, VLAPolicy
     from hetero.rl.eval import evaluate
     from hetero.rl.policy import SamplerConfig
 
-    torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     model = VLAPolicy(VLAConfig.preset("cpu", state_dim=39, action_dim=4, horizon=5, text="learned"))
     cfg = MetaWorldConfig(tasks=["reach-v3", "drawer-close-v3"], num_envs=4, num_workers=1, max_episode_steps=10)

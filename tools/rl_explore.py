@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--samples must be >= 2 to measure a spread, got {args.samples}")
     try:
         cfg = load_config(args.config, args.set)
-        model, _ = load_checkpoint(args.checkpoint)
-        model.cfg = cfg.policy.rl_options(model.cfg)
+        model, _ = load_checkpoint(args.checkpoint, policy=cfg.policy)
     except ConfigError as e:
         ap.error(str(e))
     method = args.method or cfg.sampler.method

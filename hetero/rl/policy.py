@@ -18,13 +18,16 @@ Tests: ``python -m pytest -q tests/test_rl_policy.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from hetero.config import check
 from hetero.models.vla import VLAPolicy
 from hetero.rl import flow
+
+if TYPE_CHECKING:
+    from hetero.rl.config import PolicyConfig
 
 NoiseMethod = Literal["flow_sde", "flow_noise", "ode"]
 
@@ -177,8 +180,12 @@ def save_checkpoint(path, *, model: VLAPolicy, extra: dict | None = None) -> Non
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, *, map_location: str = "cpu") -> tuple[VLAPolicy, dict]:
-    """Rebuild the policy from a checkpoint; returns (model, the whole checkpoint dict)."""
+def load_checkpoint(path, *, map_location: str = "cpu", policy: PolicyConfig | None = None) -> tuple[VLAPolicy, dict]:
+    """Rebuild the policy from a checkpoint; returns (model, the whole checkpoint dict).
+
+    ``policy``: an RL config's policy section whose RL-time choices (critic input, Flow-Noise std bounds and detach)
+    replace the checkpoint's, e.g. when RL starts from an SFT checkpoint.
+    """
     import os
 
     from hetero.config import ConfigError
@@ -189,7 +196,8 @@ def load_checkpoint(path, *, map_location: str = "cpu") -> tuple[VLAPolicy, dict
     ck = torch.load(path, map_location=map_location, weights_only=False)
     vc = dict(ck["vla_config"])
     vc["noise_hidden"] = tuple(vc["noise_hidden"])
-    model = VLAPolicy(VLAConfig(**vc))
+    model_cfg = VLAConfig(**vc)
+    model = VLAPolicy(policy.rl_options(model_cfg) if policy is not None else model_cfg)
     model.load_state_dict(ck["model"])
     return model, ck
 

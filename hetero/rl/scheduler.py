@@ -472,8 +472,7 @@ def _measure(rl_cfg, *, sizes, sample_sizes, device, repeats, slowdown, with_env
 
     emu = Emulator(slowdown=slowdown)
 
-    model, _ = load_checkpoint(rl_cfg.train.init_checkpoint)
-    model.cfg = rl_cfg.policy.rl_options(model.cfg)
+    model, _ = load_checkpoint(rl_cfg.train.init_checkpoint, policy=rl_cfg.policy)
     model.to(device)
     opt, _, _ = make_optimizer(model, rl_cfg)
     gen = torch.Generator(device=device).manual_seed(0)

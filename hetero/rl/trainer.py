@@ -57,8 +57,7 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     resumed = ckpt_path.is_file()
-    model, ck = load_checkpoint(ckpt_path if resumed else tc.init_checkpoint)
-    model.cfg = cfg.policy.rl_options(model.cfg)  # RL-time choices, not SFT ones
+    model, ck = load_checkpoint(ckpt_path if resumed else tc.init_checkpoint, policy=cfg.policy)  # RL-time choices
     model.to(dev)
     opt, _, _ = make_optimizer(model, cfg)
     start_iter, history = 0, []

@@ -90,14 +90,12 @@ class RankRunner:
         self.obs: dict[int, dict] = {}
         self.rollout_model = self.actor_model = self.opt = None
         if "rollout" in self.my:
-            self.rollout_model, _ = load_checkpoint(tc.init_checkpoint)
-            self.rollout_model.cfg = cfg.policy.rl_options(self.rollout_model.cfg)
+            self.rollout_model, _ = load_checkpoint(tc.init_checkpoint, policy=cfg.policy)
             self.rollout_model.to(self.device)
             ri = roles.rollout.ranks.index(rank)
             self.gen = torch.Generator(device=self.device).manual_seed(tc.seed * 1000 + ri * 7919)
         if "actor" in self.my:
-            self.actor_model, _ = load_checkpoint(tc.init_checkpoint)
-            self.actor_model.cfg = cfg.policy.rl_options(self.actor_model.cfg)
+            self.actor_model, _ = load_checkpoint(tc.init_checkpoint, policy=cfg.policy)
             self.actor_model.to(self.device)
             self.opt, _, _ = make_optimizer(self.actor_model, cfg)
             self.actor_index = roles.actor.ranks.index(rank)
