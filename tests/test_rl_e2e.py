@@ -70,7 +70,7 @@ def test_sft_then_ppo_flow_sde_improves_on_held_out_seeds(sft_dir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", ["grpo", "flow_noise"])
-def test_grpo_and_flow_noise_run(sft_dir, algo):
+def test_grpo_and_flow_noise_run(sft_dir, algo, capsys):
     over = {"train__iterations": 2, "train__eval_every": 0, "train__out_dir": str(sft_dir / algo),
             "env__num_envs": 8, "env__max_episode_steps": 40}
     if algo == "grpo":
@@ -84,3 +84,19 @@ def test_grpo_and_flow_noise_run(sft_dir, algo):
     assert len(its) == 2
     # the policy was updated (non-zero KL or clip statistics are printed per iteration)
     assert any("kl=0.0000" not in s for s in its), its
+    if algo == "flow_noise":  # `hetero rl eval --method`: deterministic ODE by default, or the stochastic sampler
+        from hetero.cli import main
+
+        ck = str(sft_dir / algo / "checkpoint.pt")
+        res = {}
+        for method in ["ode", "flow_noise"]:
+            capsys.readouterr()
+            assert main(["rl", "eval", "--checkpoint", ck, "--episodes", "2", "--method", method, "--json",
+                         "--no-progress", "--set", "env.max_episode_steps=40"]) == 0
+            res[method] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+            assert res[method]["method"] == method and res[method]["episodes"] == 2
+        assert res["ode"]["return"] != res["flow_noise"]["return"]  # the sampler was switched
+        assert main(["rl", "eval", "--checkpoint", ck, "--set", "env.nope=1"]) == 2  # --set reaches its config
+        assert "env.nope: unknown key" in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            main(["rl", "eval", "--checkpoint", ck, "--method", "sde"])

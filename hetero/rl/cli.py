@@ -3,10 +3,11 @@
     hetero rl sft   --config examples/rl/metaworld_mt10_flow_sde.yaml [--set sft.steps=500]
     hetero rl train --config examples/rl/metaworld_mt10_flow_sde.yaml [--set train.iterations=20]
     hetero rl eval  --checkpoint runs/rl/checkpoint.pt --config examples/rl/metaworld_mt10_flow_sde.yaml \
-        --episodes 10 [--json]
+        --episodes 10 [--method flow_noise] [--json]
 
 Each command prints progress and, as its last line, one JSON object (eval: ``{"success_rate": x, "episodes": n,
-"per_task": {...}}``). ``--set section.key=value`` overrides a config value (YAML-parsed).
+"per_task": {...}}``). ``--set section.key=value`` overrides a config value (YAML-parsed); ``eval`` without
+``--config`` uses the config an RL checkpoint carries, with the overrides applied.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="rl_command", required=True, metavar="RL_COMMAND")
     for name, helptext in [("sft", "few-shot flow-matching SFT on scripted demos"),
                            ("train", "online RL from the SFT checkpoint (resumes from out_dir/checkpoint.pt)"),
-                           ("eval", "evaluate a checkpoint with the deterministic ODE sampler")]:
+                           ("eval", "evaluate a checkpoint (deterministic ODE sampler unless --method)")]:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--config", required=name != "eval", help="RL config YAML (examples/rl/*.yaml)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -33,19 +34,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             p.add_argument("--seed", type=int, default=None, help="evaluation seed (default: train.eval_seed)")
             p.add_argument("--variation-seed", type=int, default=None,
                            help="Meta-World variation seed (default: train.eval_variation_seed, held out)")
+            p.add_argument("--method", choices=["ode", "flow_noise", "flow_sde"], default="ode",
+                           help="sampler: the deterministic ODE (default, as piRL evaluates) or a stochastic one, "
+                                "to compare with the training rollouts")
             p.add_argument("--json", action="store_true", help="print only the JSON result")
 
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch to SFT, training or evaluation."""
-    from hetero.rl.config import RLConfig, load_config
+    from hetero.rl.config import build_config, load_config
 
-    if args.config:
-        cfg = load_config(args.config, args.set)
-    else:
-        from hetero.config import build
-
-        cfg = build(RLConfig, {})
+    cfg = load_config(args.config, args.set) if args.config else build_config({}, args.set)
     if cfg.train.threads:
         import torch
 
@@ -69,18 +68,16 @@ def run(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise ConfigError("--episodes", "must be >= 1")
     model, ck = load_checkpoint(args.checkpoint)
-    if not args.config and "config" in ck:  # an RL checkpoint carries its config
-        from hetero.config import build
-
-        cfg = build(RLConfig, ck["config"])
+    if not args.config and "config" in ck:  # an RL checkpoint carries its config; --set applies to it
+        cfg = build_config(ck["config"], args.set)
     res = evaluate_config(model, cfg.env, cfg.sampler, episodes=args.episodes,
                           seed=cfg.train.eval_seed if args.seed is None else args.seed,
                           variation_seed=cfg.train.eval_variation_seed if args.variation_seed is None
-                          else args.variation_seed, device=cfg.train.device)
+                          else args.variation_seed, method=args.method, device=cfg.train.device)
     if not args.json:
         for task, sr in res["per_task"].items():
             print(f"{task:32s} {sr:.3f}", file=sys.stderr)
-    print(json.dumps({"success_rate": res["success_rate"], "episodes": res["episodes"],
+    print(json.dumps({"success_rate": res["success_rate"], "episodes": res["episodes"], "method": args.method,
                       "per_task": res["per_task"], "return": res["return"],
                       "env_steps_per_s": res["env_steps_per_s"]}))
     return 0

@@ -252,9 +252,16 @@ ENV_CONFIGS: dict[str, type] = {"metaworld": MetaWorldConfig, "libero": LiberoCo
 
 def load_config(path: str, overrides: list[str] | None = None) -> RLConfig:
     """Load an RL YAML; ``overrides`` are ``section.key=value`` strings (value parsed as YAML)."""
+    return build_config(load_yaml(path) or {}, overrides)
+
+
+def build_config(data: Mapping[str, Any], overrides: list[str] | None = None) -> RLConfig:
+    """An RL config from nested ``data`` (e.g. the one a checkpoint carries) with ``overrides`` applied."""
+    import copy
+
     import yaml
 
-    data = load_yaml(path) or {}
+    data = copy.deepcopy(dict(data))
     for ov in overrides or []:
         key, _, val = ov.partition("=")
         node = data

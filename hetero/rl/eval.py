@@ -1,7 +1,8 @@
-"""Evaluate a policy checkpoint: deterministic ODE sampling on fixed seeds and held-out task variations.
+"""Evaluate a policy checkpoint on fixed seeds and held-out task variations: deterministic ODE sampling, or a
+stochastic sampler (`--method`) to compare with the training rollouts.
 
     hetero rl eval --checkpoint runs/rl/checkpoint.pt --config examples/rl/metaworld_mt10_flow_sde.yaml \
-        --episodes 10 [--json]
+        --episodes 10 [--method flow_noise] [--json]
     # last line: {"success_rate": x, "episodes": n, "per_task": {...}, ...}
 
 Each task gets ``episodes`` episodes spread over its env slots (each slot runs a fixed quota, so the set of
@@ -72,10 +73,10 @@ def evaluate(model: VLAPolicy, env: ChunkVecEnv, sampler: SamplerConfig, *, epis
 
 
 def evaluate_config(model: VLAPolicy, env_cfg: EnvConfig, sampler: SamplerConfig, *, episodes: int, seed: int,
-                    variation_seed: int, device: str = "cpu") -> dict:
-    """Build the held-out evaluation env, evaluate, close it."""
+                    variation_seed: int, method: NoiseMethod = "ode", device: str = "cpu") -> dict:
+    """Build the held-out evaluation env, evaluate (``method``: the sampler, deterministic ODE by default), close it."""
     env = make_vec_env(eval_env_config(env_cfg, episodes=episodes, variation_seed=variation_seed))
     try:
-        return evaluate(model, env, sampler, episodes=episodes, seed=seed, device=device)
+        return evaluate(model, env, sampler, episodes=episodes, seed=seed, method=method, device=device)
     finally:
         env.close()
