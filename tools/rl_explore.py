@@ -6,7 +6,9 @@
 
 Resets the config's held-out evaluation envs (one per task), samples ``--samples`` action chunks for each first
 observation, and prints per noise setting the standard deviation across samples (mean over envs, chunk steps and
-action dims; actions live in [-1, 1]) beside the mean magnitude of the deterministic (ODE) action. Flow-SDE's
+action dims; actions live in [-1, 1]) beside the mean magnitude of the deterministic (ODE) action, and the same
+spread per task (with flow_noise also the learned per-step std, mean over the chain, and the fraction of its elements
+within 1% of a bound: a task whose std sits at the lower bound has stopped exploring). Flow-SDE's
 noise level sets sigma_t, but how much of it reaches the executed action depends on how strongly the learned
 velocity field contracts the noise, which this measures. The last line is JSON.
 """
@@ -24,7 +26,7 @@ from hetero.config import ConfigError
 from hetero.rl.config import load_config
 from hetero.rl.envs import make_vec_env
 from hetero.rl.eval import eval_env_config
-from hetero.rl.policy import load_checkpoint, obs_to_torch, sample
+from hetero.rl.policy import _transition, load_checkpoint, obs_to_torch, sample
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     env = make_vec_env(eval_env_config(cfg.env, episodes=1, variation_seed=cfg.train.eval_variation_seed))
     try:
         obs = obs_to_torch(env.reset(seed=args.seed))
+        tasks = list(env.task_names)
     finally:
         env.close()
     g = torch.Generator().manual_seed(args.seed)
@@ -68,14 +71,40 @@ def main(argv: list[str] | None = None) -> int:
                              for _ in range(args.samples)])  # [samples, E, chunk, A]
             spread = acts.std(0)  # [E, chunk, A]
             std = float(spread.mean())
-            rows.append({"method": method, "noise_level": level, "action_std": round(std, 4)})
+            per_task = {t: round(float(spread[[i for i, n in enumerate(tasks) if n == t]].mean()), 4)
+                        for t in sorted(set(tasks))}
+            row = {"method": method, "noise_level": level, "action_std": round(std, 4), "per_task": per_task}
+            if method == "flow_noise":
+                row.update(_learned_std(model, obs, sc, tasks, g))
+            rows.append(row)
             per_dim = [round(float(x), 3) for x in spread.mean((0, 1))]
             label = f"noise_level={level}" if method == "flow_sde" else "learned noise"
             print(f"{method} {label}: action std across {args.samples} samples {std:.3f} (per action dim {per_dim}); "
                   f"|ODE action| {np.abs(ode).mean():.3f}")
+            for t in per_task:
+                extra = (f"; learned std {row['noise_std'][t]:.3f}, at lower bound {row['at_min'][t]:.2f}, at upper "
+                         f"{row['at_max'][t]:.2f}") if method == "flow_noise" else ""
+                print(f"  {t}: action std {per_task[t]:.3f}{extra}")
     print(json.dumps({"envs": int(ode.shape[0]), "ode_action_abs": round(float(np.abs(ode).mean()), 4),
                       "rows": rows}))
     return 0
+
+
+def _learned_std(model, obs: dict, cfg, tasks: list[str], g: torch.Generator) -> dict:
+    """Flow-Noise's learned per-step std along one sampled chain, per task: mean, and the fraction of elements within
+    1% of the lower / upper bound."""
+    prefix = model.encode(obs)
+    chain = sample(model, obs, cfg, method="flow_noise", generator=g).chain  # [E, N+1, H, A]
+    stds = torch.stack([_transition(model, prefix, chain[:, i], torch.full((chain.shape[0],), i), cfg, "flow_noise")[1]
+                        for i in range(cfg.num_steps)], dim=1)  # [E, N, H, A]
+    lo, hi = model.cfg.noise_min_std, model.cfg.noise_max_std
+    out: dict = {"noise_std": {}, "at_min": {}, "at_max": {}}
+    for t in sorted(set(tasks)):
+        s = stds[[i for i, n in enumerate(tasks) if n == t]]
+        out["noise_std"][t] = round(float(s.mean()), 4)
+        out["at_min"][t] = round(float((s < lo * 1.01).float().mean()), 3)
+        out["at_max"][t] = round(float((s > hi * 0.99).float().mean()), 3)
+    return out
 
 
 if __name__ == "__main__":
