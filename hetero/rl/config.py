@@ -143,6 +143,11 @@ class AlgoConfig:
     bootstrap). Off by default: the time limit is part of these tasks and the policy cannot see the time, so a
     bootstrap pays a hovering policy at the limit about what succeeding pays, and a success bonus that shrinks with
     time makes failing by the limit pay more than succeeding late."""
+    bc_coef: float = 0.0
+    """Weight of a flow-matching loss on the few-shot SFT demonstrations added to every PPO/GRPO minibatch
+    (0: off). An anchor against forgetting a task under multi-task interference (DAPG-style; not in piRL)."""
+    bc_batch_size: int = 128
+    """Demonstration chunks per minibatch for that loss."""
     train_expert_only: bool = True
     """Freeze the prefix encoder (state/text/image encoders, backbone); RL moves the action expert and heads
     (piRL's default: keeps the shared representation of all tasks from drifting under noisy updates)."""
@@ -156,6 +161,8 @@ class AlgoConfig:
         check(self.update_epochs >= 1, "update_epochs", "must be >= 1")
         check(self.minibatch_size >= 1, "minibatch_size", "must be >= 1")
         check(self.group_size >= 2, "group_size", "must be >= 2")
+        check(self.bc_coef >= 0, "bc_coef", "must be >= 0")
+        check(self.bc_batch_size >= 1, "bc_batch_size", "must be >= 1")
 
     def filter_bounds(self) -> tuple[float, float] | None:
         """GRPO's reward filter (low, high), or None when either bound is null (keep every group)."""

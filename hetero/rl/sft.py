@@ -113,6 +113,15 @@ def demo_counts(cfg: RLConfig) -> dict[str, int]:
     return {t: cfg.sft.task_demos.get(t, cfg.sft.demos_per_task) for t in tasks}
 
 
+def bc_dataset(cfg: RLConfig) -> dict | None:
+    """The few-shot demonstrations SFT trained on, as a chunk dataset (see :func:`make_dataset`), for RL's
+    ``algo.bc_coef`` anchor; None when that is 0. ConfigError for a benchmark without demos offline (LIBERO)."""
+    if cfg.algo.bc_coef == 0:
+        return None
+    demos = collect_demos(cfg.env, per_task=demo_counts(cfg), seed=cfg.sft.seed)
+    return make_dataset(demos, cfg.policy.horizon)
+
+
 def run_sft(cfg: RLConfig, *, progress: bool = True) -> tuple[VLAPolicy, dict]:
     """Collect demos, train, write ``cfg.sft.checkpoint``; returns (model, summary dict). LIBERO: see
     :func:`scratch_model`."""

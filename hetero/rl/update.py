@@ -63,7 +63,8 @@ def make_optimizer(model: torch.nn.Module, cfg: RLConfig) -> tuple[torch.optim.O
 
 
 def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device: str = "cpu",
-               shard: tuple[int, int, dist.ProcessGroup | None] | None = None, emulator=None) -> dict:
+               shard: tuple[int, int, dist.ProcessGroup | None] | None = None, emulator=None,
+               bc_data: dict | None = None) -> dict:
     """PPO epochs over a flat batch of N samples (the trainer's update step): ``batch`` holds ``obs`` (state
     ``[N, S]``, instruction list, images), ``chain [N, K+1, H, A]``, ``denoise_ind [N]``, ``logp [N]``, ``value [N]``,
     ``adv [N]``, ``ret [N]`` and optionally ``mask [N]`` (bool). ``shard = (index, count, group)`` splits every
@@ -71,7 +72,9 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
     ``emulator`` (a :class:`hetero.runtime.emulate.Emulator`; CPU benchmarks only) pads each minibatch's forward +
     backward and optimizer step, not the all-reduce. Returns mean pg_loss, v_loss, kl, clip_fraction, entropy, the
     sample count, the optimizer steps taken and the seconds spent in compute (forward + backward + optimizer step,
-    padded where emulated) and in the gradient all-reduce."""
+    padded where emulated) and in the gradient all-reduce. ``bc_data`` (:func:`hetero.rl.sft.bc_dataset`) adds
+    ``algo.bc_coef`` x the flow-matching loss of ``algo.bc_batch_size`` demo chunks to every minibatch (after the
+    critic warm-up; each actor rank draws its own chunks, weighted like its PPO shard)."""
     ac, sc, tc = cfg.algo, cfg.sampler, cfg.train
     n = batch["logp"].shape[0]
     mask_f = batch.get("mask", torch.ones(n, dtype=torch.bool))
@@ -84,7 +87,8 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
     policy_ids = {id(p) for p in opt.param_groups[0]["params"]}  # make_optimizer's policy group
     params = [p for g in opt.param_groups for p in g["params"]]
     model.train()
-    stats = {"pg_loss": [], "v_loss": [], "kl": [], "clipfrac": [], "entropy": []}
+    stats = {"pg_loss": [], "v_loss": [], "kl": [], "clipfrac": [], "entropy": [], "bc_loss": []}
+    use_bc = bc_data is not None and ac.bc_coef > 0 and not warmup
     perm_gen = torch.Generator().manual_seed(tc.seed * 31 + iteration)
     stop = False
     t_compute = t_comm = 0.0
@@ -119,6 +123,10 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
                         vl = algos.value_loss(new_v, val_f[mb].to(device), ret_f[mb].to(device), clip=ac.value_clip,
                                               huber_delta=ac.huber_delta)
                         loss = loss + ac.value_coef * vl
+                    if use_bc:
+                        bc = _bc_loss(model, bc_data, ac.bc_batch_size, perm_gen, device)
+                        loss = loss + ac.bc_coef * bc
+                        stats["bc_loss"].append(bc.item())
                     if w != 1.0:
                         loss = loss * w
                     loss.backward()
@@ -152,8 +160,19 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
         return float(np.mean(stats[k])) if stats[k] else 0.0
 
     return {"pg_loss": mean("pg_loss"), "v_loss": mean("v_loss"), "kl": mean("kl"),
-            "clip_fraction": mean("clipfrac"), "entropy": mean("entropy"), "samples": int(len(sel_all)),
+            "clip_fraction": mean("clipfrac"), "entropy": mean("entropy"), "bc_loss": mean("bc_loss"),
+            "samples": int(len(sel_all)),
             "warmup": warmup, "update_steps": steps, "update_compute_s": t_compute, "update_comm_s": t_comm}
+
+
+def _bc_loss(model, data: dict, batch_size: int, gen: torch.Generator, device: str) -> torch.Tensor:
+    """Flow-matching loss on ``batch_size`` chunks drawn from the demo dataset ``data`` (state ``[M, S]``, actions
+    ``[M, H, A]``, images, instruction)."""
+    idx = torch.randint(0, data["state"].shape[0], (batch_size,), generator=gen)
+    obs = {"state": data["state"][idx].to(device), "instruction": [data["instruction"][i] for i in idx]}
+    if "images" in data:
+        obs["images"] = data["images"][idx].to(device)
+    return model.fm_loss(obs, data["actions"][idx].to(device))
 
 
 def _allreduce_grads(params, vals, w, group, device) -> list[float]:
