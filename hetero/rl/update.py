@@ -74,7 +74,7 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
     sample count, the optimizer steps taken and the seconds spent in compute (forward + backward + optimizer step,
     padded where emulated) and in the gradient all-reduce. ``bc_data`` (:func:`hetero.rl.sft.bc_dataset`) adds
     ``algo.bc_coef`` x the flow-matching loss of ``algo.bc_batch_size`` demo chunks to every minibatch (after the
-    critic warm-up; each actor rank draws its own chunks, weighted like its PPO shard)."""
+    critic warm-up; on several actor ranks each adds it, weighted like its PPO shard, so the sum is one term)."""
     ac, sc, tc = cfg.algo, cfg.sampler, cfg.train
     n = batch["logp"].shape[0]
     mask_f = batch.get("mask", torch.ones(n, dtype=torch.bool))
