@@ -3,6 +3,7 @@ slow link between two device types (emulated with two network namespaces joined 
 
     python tools/bench_comm.py --rounds 5            # full run: 1-64 MB, world 2 and 4, netns at 1 Gbit/s
     python tools/bench_comm.py --sizes-mb 1,4 --worlds 2 --no-netns    # quick look
+    python tools/bench_comm.py --sizes-mb 0.001,0.0625,1 --worlds 2 --no-netns --no-mpi   # per-call cost
 
 Part 1 (one ``mpiexec`` launch per world size, all implementations side by side in the same processes; each
 sample times one op started after a barrier, the slowest rank's time counts; the implementations take turns
@@ -26,7 +27,10 @@ is torn down in ``finally``.
 Bus bandwidth as in nccl-tests: all_reduce S/t*2(n-1)/n, all_gather (S = whole output) S/t*(n-1)/n,
 broadcast S/t, send/recv (pairs exchanging S both ways) S/t. The last line printed is one JSON object:
 {"hetero_vs_native_min", "control_vs_native_min", "hier_vs_flat_allreduce", "hier_vs_flat_allreduce_single_machine",
- "mpi_vs_gloo_1_4mb", "mpi_bridge_vs_gloo_bridge_1_4mb", "rows": [...]} (ratios of bus bandwidth, higher is better).
+ "mpi_vs_gloo_1_4mb", "mpi_bridge_vs_gloo_bridge_1_4mb", "rows": [...]} (ratios of bus bandwidth, higher is better,
+over the 1-64 MB cells). Sizes under 1 MB (``--sizes-mb 0.001,...``) measure the per-call cost instead:
+``hetero_extra_us_under_1mb_median`` is the median over those cells of hetero's median time minus gloo's, in us
+(``control_extra_us_under_1mb_median`` the same for the second gloo group: its noise floor).
 """
 
 from __future__ import annotations
@@ -54,9 +58,10 @@ def _busbw(op: str, nbytes: int, t: float, n: int) -> float:
     return alg
 
 
-def _iters(mb: int) -> int:
-    """Samples per round for an ``mb``-MB cell: 64 at 1 MB down to 4 at 16-64 MB (small ops are fast and noisy)."""
-    return max(4, 64 // mb)
+def _iters(mb: float) -> int:
+    """Samples per round for an ``mb``-MB cell: 64 at 1 MB down to 4 at 16-64 MB, up to 512 below 1 MB (small ops
+    are fast and noisy)."""
+    return max(4, min(512, int(64 / mb)))
 
 
 def _rotation(k: int, i: int) -> list[int]:
@@ -134,8 +139,8 @@ def worker(args) -> None:
         print("DESCRIBE " + json.dumps({k: hc.describe(g) for k, g in impls.items()
                                         if k.startswith("hetero")}), flush=True)
     ops = [o for o in args.ops.split(",") if o]
-    for mb in [int(s) for s in args.sizes_mb.split(",")]:
-        n = mb * (1 << 20) // 4
+    for mb in _sizes(args.sizes_mb):
+        n = max(world, int(mb * (1 << 20)) // 4 // world * world)
         buf = torch.ones(n)
         outs = [torch.empty(n // world) for _ in range(world)]
         rbuf = torch.empty(n)
@@ -164,7 +169,7 @@ def worker(args) -> None:
                 for j, name in enumerate(impls):
                     t = samples[j].median().item()
                     row = {"part": args.mode, "impl": name, "op": op, "world": world, "mb": mb, "samples": it,
-                           "time_ms": round(t * 1e3, 3), "busbw_gbs": round(_busbw(op, mb << 20, t, world) / 1e9, 4),
+                           "time_ms": round(t * 1e3, 3), "busbw_gbs": round(_busbw(op, mb * (1 << 20), t, world) / 1e9, 4),
                            "vs_gloo": round((samples[0] / samples[j]).median().item(), 4)}
                     print("ROW " + json.dumps(row), flush=True)
     dist.barrier()
@@ -289,20 +294,38 @@ def _ratios(rows: list[dict], a: str, b: str, part_prefix: str, ops=OPS, mbs=Non
     return out
 
 
+def _sizes(text: str) -> list[float | int]:
+    """``--sizes-mb`` as numbers: whole MB as int (row keys stay 1, 4, ...), fractions (small messages) as float."""
+    return [int(float(s)) if float(s).is_integer() else float(s) for s in text.split(",")]
+
+
+def _extra_us(rows: list[dict], a: str, b: str) -> list[float]:
+    """Per local cell: median time of ``a`` minus that of ``b``, in microseconds (the per-call cost of ``a``)."""
+    t = {(r["impl"], r["op"], r["world"], r["mb"]): r["time_ms"] for r in rows if r["part"] == "local"}
+    return [(v - t[(b, *k[1:])]) * 1e3 for k, v in t.items() if k[0] == a and (b, *k[1:]) in t]
+
+
 def summarize(rows: list[dict]) -> dict:
-    native = _ratios(rows, "hetero", "gloo", "local")
+    big = [r for r in rows if r["mb"] >= 1]  # the targets' range, 1-64 MB
+    small = [r for r in rows if r["mb"] < 1]
+    native = _ratios(big, "hetero", "gloo", "local")
+    extra = sorted(_extra_us(small, "hetero", "gloo"))
+    ctrl = sorted(_extra_us(small, "gloo-control", "gloo"))
     return {
+        "hetero_vs_native_under_1mb_geomean": _geo(_ratios(small, "hetero", "gloo", "local")),
+        "hetero_extra_us_under_1mb_median": round(extra[len(extra) // 2], 1) if extra else None,
+        "control_extra_us_under_1mb_median": round(ctrl[len(ctrl) // 2], 1) if ctrl else None,
         "hetero_vs_native_min": round(min(native), 4) if native else None,
         "hetero_vs_native_geomean": _geo(native),
-        "control_vs_native_min": (round(min(x), 4) if (x := _ratios(rows, "gloo-control", "gloo", "local"))
+        "control_vs_native_min": (round(min(x), 4) if (x := _ratios(big, "gloo-control", "gloo", "local"))
                                   else None),
-        "hetero_nocheck_vs_native_min": (round(min(x), 4) if (x := _ratios(rows, "hetero-nocheck", "gloo", "local"))
+        "hetero_nocheck_vs_native_min": (round(min(x), 4) if (x := _ratios(big, "hetero-nocheck", "gloo", "local"))
                                          else None),
-        "hier_vs_flat_allreduce": _geo(_ratios(rows, "hetero-2types", "gloo", "netns", ("all_reduce",))),
+        "hier_vs_flat_allreduce": _geo(_ratios(big, "hetero-2types", "gloo", "netns", ("all_reduce",))),
         "hier_vs_flat_allreduce_single_machine": _geo(
-            [x for x in _ratios(rows, "hetero-2types", "gloo", "local", ("all_reduce",))]),
-        "mpi_vs_gloo_1_4mb": _geo(_ratios(rows, "mpi4py", "gloo", "local", mbs=(1, 2, 3, 4))),
-        "mpi_bridge_vs_gloo_bridge_1_4mb": _geo(_ratios(rows, "hetero-2types-mpibridge", "hetero-2types", "local",
+            [x for x in _ratios(big, "hetero-2types", "gloo", "local", ("all_reduce",))]),
+        "mpi_vs_gloo_1_4mb": _geo(_ratios(big, "mpi4py", "gloo", "local", mbs=(1, 2, 3, 4))),
+        "mpi_bridge_vs_gloo_bridge_1_4mb": _geo(_ratios(big, "hetero-2types-mpibridge", "hetero-2types", "local",
                                                         mbs=(1, 2, 3, 4))),
     }
 
@@ -323,9 +346,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode:
         worker(args)
         return 0
-    for s in args.sizes_mb.split(",") + args.netns_sizes_mb.split(","):
+    for s in args.sizes_mb.split(","):
+        try:
+            ok = float(s) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            p.error(f"--sizes-mb must be positive numbers (MB), got {s!r}")
+    for s in args.netns_sizes_mb.split(","):
         if not s.isdigit() or int(s) < 1:
-            p.error(f"sizes must be positive integers (MB), got {s!r}")
+            p.error(f"--netns-sizes-mb must be positive integers (MB), got {s!r}")
     from rich.progress import Progress
 
     worlds = [int(w) for w in args.worlds.split(",")]
@@ -339,9 +369,9 @@ def main(argv: list[str] | None = None) -> int:
             describe = describe or d
         if args.netns:
             rows += run_netns(args, lambda: prog.advance(task))
-    print(f"{'part':<16}{'impl':<26}{'op':<11}{'world':>5}{'MB':>5}{'ms':>10}{'busbw GB/s':>12}")
+    print(f"{'part':<16}{'impl':<26}{'op':<11}{'world':>5}{'MB':>7}{'ms':>10}{'busbw GB/s':>12}")
     for r in rows:
-        print(f"{r['part']:<16}{r['impl']:<26}{r['op']:<11}{r['world']:>5}{r['mb']:>5}{r['time_ms']:>10.2f}"
+        print(f"{r['part']:<16}{r['impl']:<26}{r['op']:<11}{r['world']:>5}{r['mb']:>7}{r['time_ms']:>10.3f}"
               f"{r['busbw_gbs']:>12.3f}")
     load = os.getloadavg()
     summary = summarize(rows)
