@@ -295,8 +295,18 @@ def _ratios(rows: list[dict], a: str, b: str, part_prefix: str, ops=OPS, mbs=Non
 
 
 def _sizes(text: str) -> list[float | int]:
-    """``--sizes-mb`` as numbers: whole MB as int (row keys stay 1, 4, ...), fractions (small messages) as float."""
-    return [int(float(s)) if float(s).is_integer() else float(s) for s in text.split(",")]
+    """``--sizes-mb`` as numbers: whole MB as int (row keys stay 1, 4, ...), fractions (small messages) as float;
+    ValueError naming the entry that is not a positive number."""
+    out = []
+    for s in text.split(","):
+        try:
+            v = float(s)
+        except ValueError:
+            v = 0.0
+        if not v > 0:
+            raise ValueError(f"--sizes-mb must be positive numbers (MB), got {s!r}")
+        out.append(int(v) if v.is_integer() else v)
+    return out
 
 
 def _extra_us(rows: list[dict], a: str, b: str) -> list[float]:
@@ -346,13 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode:
         worker(args)
         return 0
-    for s in args.sizes_mb.split(","):
-        try:
-            ok = float(s) > 0
-        except ValueError:
-            ok = False
-        if not ok:
-            p.error(f"--sizes-mb must be positive numbers (MB), got {s!r}")
+    try:
+        _sizes(args.sizes_mb)
+    except ValueError as e:
+        p.error(str(e))
     for s in args.netns_sizes_mb.split(","):
         if not s.isdigit() or int(s) < 1:
             p.error(f"--netns-sizes-mb must be positive integers (MB), got {s!r}")

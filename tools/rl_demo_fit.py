@@ -22,9 +22,8 @@ import torch
 from hetero.config import ConfigError
 from hetero.rl import flow
 from hetero.rl.config import load_config
-from hetero.rl.envs import collect_demos
 from hetero.rl.policy import load_checkpoint
-from hetero.rl.sft import demo_counts, make_dataset
+from hetero.rl.sft import demo_batch, make_dataset, sft_demos
 
 
 @torch.no_grad()
@@ -32,22 +31,20 @@ def demo_fit(model, data: dict, noise: torch.Tensor, num_steps: int) -> dict:
     """Flow-matching loss per grid time and ODE-vs-demo chunk error (overall and per instruction) of ``model`` on
     ``data`` (state ``[M, S]``, actions ``[M, H, A]``, instruction [M]; images optional) from ``noise [M, H, A]``."""
     model.eval()
-    obs = {"state": data["state"], "instruction": data["instruction"]}
-    if "images" in data:
-        obs["images"] = data["images"]
+    obs, a = demo_batch(data)
     prefix = model.encode(obs)
-    a, m = data["actions"].float(), noise.shape[0]
+    a, m = a.float(), noise.shape[0]
+    grid = flow.time_grid(num_steps)  # [N+1]: 1, 1 - 1/N, ..., 1/N, 0
     loss_at = {}
     for k in range(num_steps):
-        t = torch.full((m,), 1.0 - k / num_steps)
+        t = grid[k].expand(m)
         x_t, u = flow.interpolate(a, noise, t)
         v, _ = model.velocity(prefix, x_t, t)
-        loss_at[f"{1.0 - k / num_steps:.3g}"] = ((v - u) ** 2).mean().item()
+        loss_at[f"{grid[k].item():.3g}"] = ((v - u) ** 2).mean().item()
     x = noise.clone()
-    for k in range(num_steps):
-        t = torch.full((m,), 1.0 - k / num_steps)
-        v, _ = model.velocity(prefix, x, t)
-        x = x - v / num_steps
+    for k in range(num_steps):  # the deterministic (ODE) chain from that noise
+        v, _ = model.velocity(prefix, x, grid[k].expand(m))
+        x = flow.ode_step(x, v, 1.0 / num_steps)
     err = ((x.clamp(-1, 1) - a) ** 2).mean(dim=(1, 2))  # [M]
     per_task: dict[str, list[float]] = {}
     for e, name in zip(err.tolist(), data["instruction"]):
@@ -69,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.set)
         models = [(c, load_checkpoint(c, policy=cfg.policy)[0]) for c in args.checkpoint]
-        demos = collect_demos(cfg.env, per_task=demo_counts(cfg), seed=cfg.sft.seed)
+        demos = sft_demos(cfg)
     except ConfigError as e:
         ap.error(str(e))
     torch.set_num_threads(1)

@@ -50,6 +50,17 @@ def make_dataset(demos: list[dict], horizon: int) -> dict:
     return out
 
 
+def demo_batch(data: dict, idx: torch.Tensor | None = None, device: str = "cpu") -> tuple[dict, torch.Tensor]:
+    """Rows ``idx [B]`` of a chunk dataset (all rows when None) as the policy's input: (obs dict with state
+    ``[B, S]``, instruction list and images where the dataset has them, actions ``[B, H, A]``), on ``device``."""
+    if idx is None:
+        idx = torch.arange(data["state"].shape[0])
+    obs = {"state": data["state"][idx].to(device), "instruction": [data["instruction"][i] for i in idx]}
+    if "images" in data:
+        obs["images"] = data["images"][idx].to(device)
+    return obs, data["actions"][idx].to(device)
+
+
 def build_model(cfg: RLConfig, state_dim: int, action_dim: int) -> VLAPolicy:
     """The policy a config asks for."""
     return VLAPolicy(cfg.policy.vla_config(state_dim=state_dim, action_dim=action_dim,
@@ -71,10 +82,8 @@ def train_sft(model: VLAPolicy, data: dict, *, steps: int, batch_size: int, lr: 
         task = bar.add_task("SFT", total=steps)
         for _ in range(steps):
             idx = torch.randint(0, m, (min(batch_size, m),), generator=g)
-            obs = {"state": data["state"][idx].to(device), "instruction": [data["instruction"][i] for i in idx]}
-            if "images" in data:
-                obs["images"] = data["images"][idx].to(device)
-            loss = model.fm_loss(obs, data["actions"][idx].to(device), generator=None)
+            obs, actions = demo_batch(data, idx, device)
+            loss = model.fm_loss(obs, actions, generator=None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -113,13 +122,18 @@ def demo_counts(cfg: RLConfig) -> dict[str, int]:
     return {t: cfg.sft.task_demos.get(t, cfg.sft.demos_per_task) for t in tasks}
 
 
+def sft_demos(cfg: RLConfig) -> list[dict]:
+    """The run's few-shot demonstrations (:func:`demo_counts` per task, seed ``sft.seed``): what SFT trains on;
+    ConfigError for a benchmark without demos offline (LIBERO)."""
+    return collect_demos(cfg.env, per_task=demo_counts(cfg), seed=cfg.sft.seed)
+
+
 def bc_dataset(cfg: RLConfig) -> dict | None:
     """The few-shot demonstrations SFT trained on, as a chunk dataset (see :func:`make_dataset`), for RL's
     ``algo.bc_coef`` anchor; None when that is 0. ConfigError for a benchmark without demos offline (LIBERO)."""
     if cfg.algo.bc_coef == 0:
         return None
-    demos = collect_demos(cfg.env, per_task=demo_counts(cfg), seed=cfg.sft.seed)
-    return make_dataset(demos, cfg.policy.horizon)
+    return make_dataset(sft_demos(cfg), cfg.policy.horizon)
 
 
 def run_sft(cfg: RLConfig, *, progress: bool = True) -> tuple[VLAPolicy, dict]:
@@ -131,7 +145,7 @@ def run_sft(cfg: RLConfig, *, progress: bool = True) -> tuple[VLAPolicy, dict]:
     if cfg.benchmark == "libero":
         return scratch_model(cfg)
     torch.manual_seed(cfg.sft.seed)
-    demos = collect_demos(cfg.env, per_task=demo_counts(cfg), seed=cfg.sft.seed)
+    demos = sft_demos(cfg)
     t_demo = time.time() - t0
     data = make_dataset(demos, cfg.policy.horizon)
     model = build_model(cfg, state_dim=data["state"].shape[1], action_dim=data["actions"].shape[2])

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from hetero.rl import algos
 from hetero.rl.config import RLConfig
 from hetero.rl.policy import replay
+from hetero.rl.sft import demo_batch
 
 
 def index_obs(obs: dict, idx) -> dict:
@@ -169,10 +170,7 @@ def _bc_loss(model, data: dict, batch_size: int, gen: torch.Generator, device: s
     """Flow-matching loss on ``batch_size`` chunks drawn from the demo dataset ``data`` (state ``[M, S]``, actions
     ``[M, H, A]``, images, instruction)."""
     idx = torch.randint(0, data["state"].shape[0], (batch_size,), generator=gen)
-    obs = {"state": data["state"][idx].to(device), "instruction": [data["instruction"][i] for i in idx]}
-    if "images" in data:
-        obs["images"] = data["images"][idx].to(device)
-    return model.fm_loss(obs, data["actions"][idx].to(device))
+    return model.fm_loss(*demo_batch(data, idx, device))
 
 
 def _allreduce_grads(params, vals, w, group, device) -> list[float]:
