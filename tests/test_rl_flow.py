@@ -98,3 +98,12 @@ def test_interpolate_and_train_times():
     t = flow.sample_train_times(10_000, generator=torch.Generator().manual_seed(0))
     assert t.min() >= 0.001 and t.max() <= 1.0
     assert t.mean().item() == pytest.approx(0.6 * 0.999 + 0.001, abs=0.01)  # E[Beta(1.5,1)] = 0.6
+
+
+def test_mean_shift_kl_is_the_gaussian_kl_with_a_shared_std():
+    g = torch.Generator().manual_seed(0)
+    mean, ref_mean = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    std = torch.rand(5, 4, generator=g) + 0.1
+    want = torch.distributions.kl_divergence(torch.distributions.Normal(mean, std), torch.distributions.Normal(ref_mean, std))
+    assert torch.allclose(flow.mean_shift_kl(mean, ref_mean, std), want, atol=1e-6)
+    assert flow.mean_shift_kl(torch.tensor(1.0), torch.tensor(0.0), torch.tensor(0.5)).item() == pytest.approx(2.0)

@@ -38,14 +38,15 @@ def test_replaying_stored_chain_gives_ratio_exactly_one(method):
     s = sample(m, o, cfg, generator=torch.Generator().manual_seed(3))
     assert s.chain.shape == (6, 5, 4, 3) and s.actions.shape == (6, 3, 3)
     assert torch.equal(s.actions, s.chain[:, -1, :3])
-    logp, ent, v = replay(m, o, s.chain, s.denoise_ind, cfg)
+    logp, ent, v, ref_kl = replay(m, o, s.chain, s.denoise_ind, cfg)
     assert torch.equal(logp, s.logp)  # importance ratio exactly 1
+    assert torch.equal(ref_kl, torch.zeros(6))  # no reference policy
     assert torch.equal(torch.exp(logp - s.logp), torch.ones(6))
     assert torch.equal(v, s.value)
     # on a shuffled sub-batch (as in PPO minibatches) the ratio is 1 up to float rounding
     idx = torch.tensor([4, 1, 2])
     sub = {"state": o["state"][idx], "instruction": [o["instruction"][i] for i in idx]}
-    lp2, _, _ = replay(m, sub, s.chain[idx], s.denoise_ind[idx], cfg)
+    lp2 = replay(m, sub, s.chain[idx], s.denoise_ind[idx], cfg).logp
     assert torch.allclose(torch.exp(lp2 - s.logp[idx]), torch.ones(3), atol=1e-5)
     if method == "flow_noise":
         assert (ent != 0).all()
@@ -54,6 +55,39 @@ def test_replaying_stored_chain_gives_ratio_exactly_one(method):
     assert m.velocity_out.weight.grad.abs().sum() > 0
     if method == "flow_noise":
         assert m.noise_head[-1].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", ["flow_sde", "flow_noise"])
+def test_reference_kl_of_stored_chains(method):
+    """replay(ref=...): 0 against an identical policy; against a shifted one the KL of the stochastic transitions
+    (flow_sde: step k only, by hand; flow_noise: the mean over all N steps); per sample the same when a minibatch
+    mixes flow_sde's k; gradient into the policy only."""
+    m, o = _model(), _obs()
+    cfg = SamplerConfig(method=method, num_steps=4, chunk=3)
+    s = sample(m, o, cfg, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(replay(m, o, s.chain, s.denoise_ind, cfg, ref=_model()).ref_kl, torch.zeros(6))
+    ref = _model()
+    with torch.no_grad():
+        ref.velocity_out.bias.add_(0.3)  # the reference's velocity is 0.3 higher: its step means 0.3 / N lower
+    r = replay(m, o, s.chain, s.denoise_ind, cfg, ref=ref)
+    prefix = m.encode(o)
+    per_step = []
+    for i in range(4):
+        step = torch.full((6,), i, dtype=torch.long)
+        _, feats = m.velocity(prefix, s.chain[:, i], flow.time_grid(4)[step])
+        std = (0.25**0.5) * flow.sde_sigmas(4, cfg.noise_level)[i] if method == "flow_sde" else m.noise_std(feats)
+        per_step.append((((0.3 / 4) ** 2 / (2 * std**2)) * torch.ones(6, 4, 3))[:, :3].sum(dim=(1, 2)))
+    want = per_step[int(s.denoise_ind[0])] if method == "flow_sde" else torch.stack(per_step, 1).mean(1)
+    assert torch.allclose(r.ref_kl, want.detach(), rtol=1e-4)
+    r.ref_kl.sum().backward()
+    assert m.velocity_out.weight.grad.abs().sum() > 0 and ref.velocity_out.weight.grad is None
+    if method == "flow_sde":  # two rollout batches (different k) mixed in one minibatch
+        s2 = sample(m, o, cfg, generator=torch.Generator().manual_seed(11))
+        assert int(s2.denoise_ind[0]) != int(s.denoise_ind[0])
+        mixed = replay(m, {"state": torch.cat([o["state"]] * 2), "instruction": o["instruction"] * 2},
+                       torch.cat([s.chain, s2.chain]), torch.cat([s.denoise_ind, s2.denoise_ind]), cfg, ref=ref)
+        alone = replay(m, o, s2.chain, s2.denoise_ind, cfg, ref=ref).ref_kl
+        assert torch.allclose(mixed.ref_kl, torch.cat([r.ref_kl, alone]).detach(), rtol=1e-5)
 
 
 def test_flow_sde_has_exactly_one_stochastic_step():

@@ -6,8 +6,8 @@ import torch
 from hetero.config import build
 from hetero.models.vla import VLAConfig, VLAPolicy
 from hetero.rl.config import RLConfig
-from hetero.rl.policy import SamplerConfig, sample
-from hetero.rl.update import make_optimizer, ppo_update
+from hetero.rl.policy import SamplerConfig, replay, sample, save_checkpoint
+from hetero.rl.update import make_optimizer, ppo_update, reference_policy
 
 
 def _batch(model: VLAPolicy, n: int = 32) -> dict:
@@ -91,3 +91,41 @@ def test_bc_anchor_pulls_the_expert_towards_the_demonstrations():
     assert stats["bc_loss"] > 0 and after < 0.9 * before
     stats, before, after = run(1.0, warmup=1)  # iteration 1 is a warm-up iteration: only the value head moves
     assert stats["bc_loss"] == 0.0 and abs(after - before) < 1e-6
+
+
+def test_reference_kl_pulls_the_policy_back_to_the_reference(tmp_path):
+    """algo.ref_kl_coef: the reference is the frozen init checkpoint (None when off); with zero advantages the
+    KL term moves a policy that has drifted from it back towards it on the batch's chains (logged as ref_kl), and
+    it stays off during the critic warm-up."""
+    model, cfg = _model_cfg(ref_kl_coef=1.0)
+    save_checkpoint(tmp_path / "sft.pt", model=model)
+    cfg.train.init_checkpoint = str(tmp_path / "sft.pt")
+    ref = reference_policy(cfg)
+    assert torch.equal(ref.velocity_out.bias, model.velocity_out.bias)
+    assert not any(p.requires_grad for p in ref.parameters())
+    cfg.algo.ref_kl_coef = 0.0
+    assert reference_policy(cfg) is None
+
+    def run(coef: float, warmup: int = 0) -> tuple[dict, float, float]:
+        drifted, cfg = _model_cfg(ref_kl_coef=coef, minibatch_size=32, update_epochs=20, entropy_bonus=0.0,
+                                  critic_warmup_iters=warmup)
+        with torch.no_grad():
+            drifted.velocity_out.bias.add_(0.5)
+        opt, _, _ = make_optimizer(drifted, cfg)
+        b = _batch(drifted)
+        b["adv"] = torch.zeros_like(b["adv"])
+
+        def kl() -> float:
+            with torch.no_grad():
+                return replay(drifted, b["obs"], b["chain"], b["denoise_ind"], cfg.sampler, ref=ref).ref_kl.mean().item()
+
+        before = kl()
+        stats = ppo_update(drifted, opt, b, cfg, iteration=1, ref=ref)
+        return stats, before, kl()
+
+    stats, before, after = run(0.0)
+    assert stats["ref_kl"] == 0.0 and before > 0 and abs(after - before) < 1e-6
+    stats, before, after = run(1.0)
+    assert stats["ref_kl"] > 0 and after < 0.5 * before
+    stats, before, after = run(1.0, warmup=1)  # iteration 1 is a warm-up iteration: only the value head moves
+    assert stats["ref_kl"] == 0.0 and abs(after - before) < 1e-6

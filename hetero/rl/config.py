@@ -148,6 +148,10 @@ class AlgoConfig:
     (0: off). An anchor against forgetting a task under multi-task interference (DAPG-style; not in piRL)."""
     bc_batch_size: int = 128
     """Demonstration chunks per minibatch for that loss."""
+    ref_kl_coef: float = 0.0
+    """Weight of the KL of the policy's stochastic denoising transitions from the initial checkpoint's (the SFT
+    policy), on the rollout's stored chains, added to every minibatch after the critic warm-up (Flow-GRPO's KL
+    penalty; 0: off). Unlike bc_coef it holds the policy on the states RL visits, not only the demos'."""
     train_expert_only: bool = True
     """Freeze the prefix encoder (state/text/image encoders, backbone); RL moves the action expert and heads
     (piRL's default: keeps the shared representation of all tasks from drifting under noisy updates)."""
@@ -163,6 +167,7 @@ class AlgoConfig:
         check(self.group_size >= 2, "group_size", "must be >= 2")
         check(self.bc_coef >= 0, "bc_coef", "must be >= 0")
         check(self.bc_batch_size >= 1, "bc_batch_size", "must be >= 1")
+        check(self.ref_kl_coef >= 0, "ref_kl_coef", "must be >= 0")
 
     def filter_bounds(self) -> tuple[float, float] | None:
         """GRPO's reward filter (low, high), or None when either bound is null (keep every group)."""

@@ -113,6 +113,12 @@ def gaussian_entropy(std: torch.Tensor) -> torch.Tensor:
     return 0.5 * (LOG_2PI + 1.0) + torch.log(std)
 
 
+def mean_shift_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Element-wise ``KL(N(mean, std^2) || N(ref_mean, std^2)) = (mean - ref_mean)^2 / (2 std^2)``: the KL between
+    two transitions that share their std (Flow-GRPO's KL penalty). Shapes broadcast, e.g. ``[B, H, A]``; std > 0."""
+    return (mean - ref_mean) ** 2 / (2.0 * std**2)
+
+
 def chain_logprob(chain: torch.Tensor, means: torch.Tensor, stds: torch.Tensor) -> torch.Tensor:
     """Joint log-prob of a whole denoising chain, averaged over its N+1 terms as piRL (Flow-Noise) does.
 

@@ -4,7 +4,8 @@
 whole chain ``[B, N+1, H, A]`` (stored for training), the behaviour log-prob and the value. ``replay`` recomputes
 the log-prob (and entropy, value) of stored chains under the current parameters; with unchanged parameters and the
 same batch it returns the rollout's log-prob bit for bit (importance ratio exactly 1), because both go through
-:func:`_transition` with the same inputs.
+:func:`_transition` with the same inputs; given a reference policy it also returns the KL of the stochastic
+transitions from the reference's on those chains (:func:`hetero.rl.flow.mean_shift_kl`, the current std on both).
 
 - ``ode``: deterministic Euler (evaluation); log-prob 0.
 - ``flow_sde``: two-layer MDP; per forward one step k (shared by the batch) is the SDE step, the rest are ODE steps;
@@ -18,7 +19,7 @@ Tests: ``python -m pytest -q tests/test_rl_policy.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import torch
 
@@ -92,6 +93,20 @@ def _transition(model: VLAPolicy, prefix: torch.Tensor, x: torch.Tensor, step: t
     return mean, std
 
 
+class Replay(NamedTuple):
+    """What :func:`replay` recomputes for stored chains, each ``[B]``."""
+
+    logp: torch.Tensor
+    """Log-prob under the current parameters (differentiable)."""
+    entropy: torch.Tensor
+    """Mean per-element entropy of the stochastic transitions (0 for flow_sde and ode)."""
+    value: torch.Tensor
+    """Value estimate."""
+    ref_kl: torch.Tensor
+    """KL of the stochastic transitions from the reference policy's (0 without one); same aggregation as logp:
+    summed over the executed chunk and action dims, averaged over the N steps (flow_noise) or at step k (flow_sde)."""
+
+
 @torch.no_grad()
 def sample(model: VLAPolicy, obs: dict, cfg: SamplerConfig, *, method: NoiseMethod | None = None,
            generator: torch.Generator | None = None) -> Sample:
@@ -132,42 +147,61 @@ def sample(model: VLAPolicy, obs: dict, cfg: SamplerConfig, *, method: NoiseMeth
 
 
 def replay(model: VLAPolicy, obs: dict, chain: torch.Tensor, denoise_ind: torch.Tensor, cfg: SamplerConfig, *,
-           method: NoiseMethod | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Log-prob ``[B]``, entropy ``[B]`` (mean per element; 0 for flow_sde) and value ``[B]`` of stored chains
-    ``[B, N+1, H, A]`` under the current parameters (differentiable)."""
+           method: NoiseMethod | None = None, ref: VLAPolicy | None = None) -> Replay:
+    """Log-prob, entropy and value of stored chains ``[B, N+1, H, A]`` under the current parameters
+    (differentiable), and with ``ref`` the KL of their stochastic transitions from ``ref``'s (no gradient into
+    ``ref``); see :class:`Replay`."""
     method = method or cfg.method
     prefix = model.encode(obs)
     value = model.value(prefix)
+    ref_prefix = None
+    if ref is not None:
+        with torch.no_grad():
+            ref_prefix = ref.encode(obs)
     b = chain.shape[0]
     c = cfg.chunk
     dev = chain.device
+    zeros = torch.zeros(b, device=dev)
+
+    def kl(sel_ref_prefix, x, step, m, mean, std) -> torch.Tensor | None:  # [b', H, A] against ref, or None
+        if ref is None:
+            return None
+        with torch.no_grad():
+            ref_mean, _ = _transition(ref, sel_ref_prefix, x, step, cfg, m)
+        return flow.mean_shift_kl(mean, ref_mean, std.detach())
+
     if method == "flow_sde":
         ks = denoise_ind.unique().tolist()
-        logp = torch.zeros(b, device=dev)
+        logp, ref_kl = zeros, zeros
         for k in ks:  # one forward per distinct k (a rollout batch shares k, minibatches mix a few)
             sel = (denoise_ind == k).nonzero().squeeze(1)
             x = chain[sel, k]
             step = torch.full((len(sel),), k, dtype=torch.long, device=dev)
-            if len(ks) == 1:
-                sel_prefix = prefix
-            else:
-                sel_prefix = prefix[sel]
-            mean, std = _transition(model, sel_prefix, x, step, cfg, "flow_sde")
+            one = len(ks) == 1
+            mean, std = _transition(model, prefix if one else prefix[sel], x, step, cfg, "flow_sde")
             lp = flow.gaussian_logprob(chain[sel, k + 1], mean, std)[:, :c].sum(dim=(1, 2))
-            logp = logp.index_put((sel,), lp) if len(ks) > 1 else lp
-        return logp, torch.zeros(b, device=dev), value
+            logp = lp if one else logp.index_put((sel,), lp)
+            d = kl(None if ref is None else (ref_prefix if one else ref_prefix[sel]), x, step, "flow_sde", mean, std)
+            if d is not None:
+                d = d[:, :c].sum(dim=(1, 2))
+                ref_kl = d if one else ref_kl.index_put((sel,), d)
+        return Replay(logp, zeros, value, ref_kl)
     if method == "flow_noise":
         n = cfg.num_steps
         first = flow.gaussian_logprob(chain[:, 0], torch.zeros_like(chain[:, 0]), torch.ones_like(chain[:, 0]))
-        terms, ents = [first], []
+        terms, ents, kls = [first], [], []
         for i in range(n):
             step = torch.full((b,), i, dtype=torch.long, device=dev)
             mean, std = _transition(model, prefix, chain[:, i], step, cfg, "flow_noise")
             terms.append(flow.gaussian_logprob(chain[:, i + 1], mean, std))
             ents.append(flow.gaussian_entropy(std)[:, :c].mean(dim=(1, 2)))
+            d = kl(ref_prefix, chain[:, i], step, "flow_noise", mean, std)
+            if d is not None:
+                kls.append(d[:, :c].sum(dim=(1, 2)))
         lp = torch.stack(terms, dim=1).mean(dim=1)
-        return lp[:, :c].sum(dim=(1, 2)), torch.stack(ents, 1).mean(1), value
-    return torch.zeros(b, device=dev), torch.zeros(b, device=dev), value
+        ref_kl = torch.stack(kls, 1).mean(1) if kls else zeros
+        return Replay(lp[:, :c].sum(dim=(1, 2)), torch.stack(ents, 1).mean(1), value, ref_kl)
+    return Replay(zeros, zeros, value, zeros)
 
 
 def save_checkpoint(path, *, model: VLAPolicy, extra: dict | None = None) -> None:

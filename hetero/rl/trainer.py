@@ -33,7 +33,7 @@ from hetero.rl.envs.base import episode_metrics
 from hetero.rl.eval import evaluate_config
 from hetero.rl.policy import load_checkpoint, obs_to_torch, sample, save_checkpoint
 from hetero.rl.sft import bc_dataset
-from hetero.rl.update import cat_obs, index_obs, make_optimizer, ppo_update
+from hetero.rl.update import cat_obs, index_obs, make_optimizer, ppo_update, reference_policy
 
 
 def _tensorboard(out_dir: Path, enabled: bool):
@@ -71,6 +71,7 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
     metrics_file = open(out / "metrics.jsonl", "a")
     gen = torch.Generator(device=dev).manual_seed(tc.seed * 1000 + start_iter)
     bc_data = bc_dataset(cfg)  # few-shot demos for the algo.bc_coef anchor (None when off)
+    ref = reference_policy(cfg, dev)  # the SFT policy for the algo.ref_kl_coef penalty (None when off)
     env = make_vec_env(cfg.env)
     n_env = cfg.env.num_envs
 
@@ -151,14 +152,15 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
             batch = {"obs": cat_obs(buf_obs), "chain": torch.cat(chains), "denoise_ind": torch.cat(inds),
                      "logp": torch.cat(logps), "value": values_t.reshape(-1), "adv": adv.reshape(-1),
                      "ret": ret.reshape(-1), "mask": mask.reshape(-1)}
-            st = ppo_update(model, opt, batch, cfg, iteration=it, device=dev, bc_data=bc_data)
+            st = ppo_update(model, opt, batch, cfg, iteration=it, device=dev, bc_data=bc_data, ref=ref)
             # ---- 4. metrics, eval, checkpoint ---------------------------------------------------------------
             wall = time.time() - t_iter
             total_env_steps += env_steps
             rec = {"iteration": it, **episode_metrics(episodes), "env_steps": env_steps,
                    "env_steps_per_s": env_steps / wall, "policy_steps_per_s": T * n_env / max(t_policy, 1e-9),
                    "kl": st["kl"], "clip_fraction": st["clip_fraction"], "pg_loss": st["pg_loss"],
-                   "v_loss": st["v_loss"], "entropy": st["entropy"], "bc_loss": st["bc_loss"], "samples": st["samples"],
+                   "v_loss": st["v_loss"], "entropy": st["entropy"], "bc_loss": st["bc_loss"], "ref_kl": st["ref_kl"],
+                   "samples": st["samples"],
                    "warmup": st["warmup"], "iter_s": wall,
                    "restarts": env.restarts}
             sr = "-" if rec["success_rate"] is None else f"{rec['success_rate']:.3f}"

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from hetero.models.vla import VLAPolicy
 from hetero.rl import algos
 from hetero.rl.config import RLConfig
-from hetero.rl.policy import replay
+from hetero.rl.policy import load_checkpoint, replay
 from hetero.rl.sft import demo_batch
 
 
@@ -65,7 +66,7 @@ def make_optimizer(model: torch.nn.Module, cfg: RLConfig) -> tuple[torch.optim.O
 
 def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device: str = "cpu",
                shard: tuple[int, int, dist.ProcessGroup | None] | None = None, emulator=None,
-               bc_data: dict | None = None) -> dict:
+               bc_data: dict | None = None, ref: VLAPolicy | None = None) -> dict:
     """PPO epochs over a flat batch of N samples (the trainer's update step): ``batch`` holds ``obs`` (state
     ``[N, S]``, instruction list, images), ``chain [N, K+1, H, A]``, ``denoise_ind [N]``, ``logp [N]``, ``value [N]``,
     ``adv [N]``, ``ret [N]`` and optionally ``mask [N]`` (bool). ``shard = (index, count, group)`` splits every
@@ -75,7 +76,9 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
     sample count, the optimizer steps taken and the seconds spent in compute (forward + backward + optimizer step,
     padded where emulated) and in the gradient all-reduce. ``bc_data`` (:func:`hetero.rl.sft.bc_dataset`) adds
     ``algo.bc_coef`` x the flow-matching loss of ``algo.bc_batch_size`` demo chunks to every minibatch (after the
-    critic warm-up; on several actor ranks each adds it, weighted like its PPO shard, so the sum is one term)."""
+    critic warm-up; on several actor ranks each adds it, weighted like its PPO shard, so the sum is one term).
+    ``ref`` (:func:`reference_policy`) adds ``algo.ref_kl_coef`` x the mean KL of the minibatch's transitions from
+    ``ref``'s (after the warm-up too), logged as ``ref_kl``."""
     ac, sc, tc = cfg.algo, cfg.sampler, cfg.train
     n = batch["logp"].shape[0]
     mask_f = batch.get("mask", torch.ones(n, dtype=torch.bool))
@@ -88,8 +91,9 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
     policy_ids = {id(p) for p in opt.param_groups[0]["params"]}  # make_optimizer's policy group
     params = [p for g in opt.param_groups for p in g["params"]]
     model.train()
-    stats = {"pg_loss": [], "v_loss": [], "kl": [], "clipfrac": [], "entropy": [], "bc_loss": []}
+    stats = {"pg_loss": [], "v_loss": [], "kl": [], "clipfrac": [], "entropy": [], "bc_loss": [], "ref_kl": []}
     use_bc = bc_data is not None and ac.bc_coef > 0 and not warmup
+    use_ref = ref is not None and ac.ref_kl_coef > 0 and not warmup
     perm_gen = torch.Generator().manual_seed(tc.seed * 31 + iteration)
     stop = False
     t_compute = t_comm = 0.0
@@ -114,7 +118,8 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
                 mo = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in mo.items()}
                 t0 = time.perf_counter()
                 with compute(f"fwd-bwd{len(mb)}"):
-                    new_logp, ent, new_v = replay(model, mo, chain_f[mb].to(device), ind_f[mb].to(device), sc)
+                    new_logp, ent, new_v, ref_kl = replay(model, mo, chain_f[mb].to(device), ind_f[mb].to(device),
+                                                          sc, ref=ref if use_ref else None)
                     pg, st = algos.ppo_actor_loss(new_logp, logp_f[mb].to(device), adv_f[mb].to(device), clip=ac.clip)
                     loss = torch.zeros((), device=device)
                     if not warmup:
@@ -128,6 +133,9 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
                         bc = _bc_loss(model, bc_data, ac.bc_batch_size, perm_gen, device)
                         loss = loss + ac.bc_coef * bc
                         stats["bc_loss"].append(bc.item())
+                    if use_ref:
+                        loss = loss + ac.ref_kl_coef * ref_kl.mean()
+                        stats["ref_kl"].append(ref_kl.mean().item())
                     if w != 1.0:
                         loss = loss * w
                     loss.backward()
@@ -162,8 +170,19 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
 
     return {"pg_loss": mean("pg_loss"), "v_loss": mean("v_loss"), "kl": mean("kl"),
             "clip_fraction": mean("clipfrac"), "entropy": mean("entropy"), "bc_loss": mean("bc_loss"),
+            "ref_kl": mean("ref_kl"),
             "samples": int(len(sel_all)),
             "warmup": warmup, "update_steps": steps, "update_compute_s": t_compute, "update_comm_s": t_comm}
+
+
+def reference_policy(cfg: RLConfig, device: str = "cpu") -> VLAPolicy | None:
+    """The frozen initial policy (``train.init_checkpoint``, the SFT checkpoint) that ``algo.ref_kl_coef`` holds
+    the policy near, with the run's RL-time policy choices; None when that is 0. A resumed run keeps the same one."""
+    if cfg.algo.ref_kl_coef == 0:
+        return None
+    ref, _ = load_checkpoint(cfg.train.init_checkpoint, policy=cfg.policy)
+    ref.to(device).eval().requires_grad_(False)
+    return ref
 
 
 def _bc_loss(model, data: dict, batch_size: int, gen: torch.Generator, device: str) -> torch.Tensor:

@@ -48,7 +48,7 @@ from hetero.rl.envs.base import ChunkVecEnv, SliceFactory, episode_metrics
 from hetero.rl.offload import HostStore
 from hetero.rl.policy import load_checkpoint, obs_to_torch, sample, save_checkpoint
 from hetero.rl.sft import bc_dataset
-from hetero.rl.update import cat_obs, index_obs, make_optimizer, ppo_update
+from hetero.rl.update import cat_obs, index_obs, make_optimizer, ppo_update, reference_policy
 from hetero.rl.weightsync import WeightSync, flatten, unflatten_into
 from hetero.runtime.emulate import Emulator
 
@@ -101,6 +101,7 @@ class RankRunner:
             self.opt, _, _ = make_optimizer(self.actor_model, cfg)
             self.actor_index = roles.actor.ranks.index(rank)
             self.bc_data = bc_dataset(cfg)  # few-shot demos for the algo.bc_coef anchor (None when off)
+            self.ref = reference_policy(cfg, self.device)  # the SFT policy for algo.ref_kl_coef (None when off)
         self.ws = WeightSync(src=roles.actor.ranks[0], ranks=self.sync_ranks, group=self.sync_group)
         self.ws.version = 0  # version 0 = the initial checkpoint every rank loaded
         self.switching = self.actor_model is not None and self.rollout_model is not None
@@ -266,7 +267,7 @@ class RankRunner:
         n_a = len(self.roles.actor.ranks)
         shard = (self.actor_index, n_a, self.actor_group) if n_a > 1 else None
         st = ppo_update(self.actor_model, self.opt, flat, self.cfg, iteration=it, device=self.device, shard=shard,
-                        emulator=self.emu_update, bc_data=self.bc_data)
+                        emulator=self.emu_update, bc_data=self.bc_data, ref=self.ref)
         return {**episode_metrics(b["episodes"]), "env_steps": b["env_steps"],
                 "policy_steps_per_s": T * n_env / max(b["t_policy"], 1e-9), **st, "restarts": b["restarts"],
                 "assemble_s": t_assemble}
