@@ -1,11 +1,13 @@
 """tools/rl_demo_fit.py's drift measure: python -m pytest -q tests/test_rl_demo_fit.py"""
 
+import copy
 import importlib.util
 from pathlib import Path
 
 import torch
 
 from hetero.models.vla import VLAConfig, VLAPolicy
+from hetero.rl.policy import SamplerConfig
 from hetero.rl.sft import train_sft
 
 _spec = importlib.util.spec_from_file_location("rl_demo_fit", Path(__file__).parents[1] / "tools" / "rl_demo_fit.py")
@@ -34,3 +36,25 @@ def test_demo_fit_falls_when_the_policy_is_trained_on_the_demos():
     assert after["ode_vs_demo_mse"] < 0.5 * before["ode_vs_demo_mse"]
     tasks = list(after["per_task"].values())
     assert min(tasks) - 1e-6 <= after["ode_vs_demo_mse"] <= max(tasks) + 1e-6
+
+
+
+def test_reference_kl_is_zero_against_itself_and_grows_with_training():
+    g = torch.Generator().manual_seed(0)
+    state = torch.randn(64, 5, generator=g)
+    data = {"state": state, "actions": torch.tanh(state[:, :3]).unsqueeze(1).repeat(1, 4, 1),
+            "instruction": ["open the drawer", "press the button"] * 32}
+    noise = torch.randn(data["actions"].shape, generator=g)
+    torch.manual_seed(0)
+    model = VLAPolicy(VLAConfig(state_dim=5, action_dim=3, horizon=4, text="learned"))
+    ref = copy.deepcopy(model)
+    sampler = SamplerConfig(method="flow_noise", num_steps=4, chunk=4)
+
+    def kl(m) -> dict:
+        return rl_demo_fit.demo_fit(m, data, noise, 4, ref=ref, sampler=sampler, generator=torch.Generator().manual_seed(1))
+
+    same = kl(model)
+    assert same["ref_kl"] == 0.0 and set(same["ref_kl_per_task"].values()) == {0.0}
+    train_sft(model, data, steps=60, batch_size=32, lr=3e-3, progress=False)
+    moved = kl(model)
+    assert moved["ref_kl"] > 0.1 and min(moved["ref_kl_per_task"].values()) > 0
