@@ -165,9 +165,11 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
                    "restarts": env.restarts}
             sr = "-" if rec["success_rate"] is None else f"{rec['success_rate']:.3f}"
             rt = "-" if rec["return"] is None else f"{rec['return']:.3f}"
+            anchors = (f" bc_loss={rec['bc_loss']:.4f}" if ac.bc_coef else "") + (
+                f" ref_kl={rec['ref_kl']:.3f}" if ac.ref_kl_coef else "")
             log(f"it={it} success={sr} return={rt} eps={len(episodes)} env_sps={rec['env_steps_per_s']:.0f} "
                 f"policy_sps={rec['policy_steps_per_s']:.0f} kl={rec['kl']:.4f} clipfrac={rec['clip_fraction']:.3f} "
-                f"v_loss={rec['v_loss']:.4f} samples={rec['samples']} t={wall:.1f}s")
+                f"v_loss={rec['v_loss']:.4f}{anchors} samples={rec['samples']} t={wall:.1f}s")
             metrics_file.write(json.dumps(rec) + "\n")
             metrics_file.flush()
             if writer:
