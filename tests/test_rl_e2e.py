@@ -61,11 +61,19 @@ def test_sft_then_ppo_flow_sde_improves_on_held_out_seeds(sft_dir):
     assert [x["iteration"] for x in train_lines] == list(range(1, 11))
     assert all(x["env_steps_per_s"] > 0 and 0 <= x["clip_fraction"] <= 1 for x in train_lines)
     assert any((sft_dir / "ppo" / "tb").iterdir())
-    # resume: one more iteration continues from checkpoint.pt at iteration 10
+    # resume: one more iteration continues from checkpoint.pt at iteration 10; what a run killed after that
+    # checkpoint logged past it (here iterations 11-12 and a torn line) is dropped, so each iteration is there once
+    metrics = sft_dir / "ppo" / "metrics.jsonl"
+    with open(metrics, "a") as f:
+        f.write(json.dumps({"iteration": 11, "stale": True}) + "\n" + json.dumps({"iteration": 12}) + '\n{"iter')
     logs = []
     train(_cfg(sft_dir, train__iterations=11, train__eval_every=0), progress=False, log=logs.append)
     assert logs[0].startswith("resumed from") and "iteration 10" in logs[0]
+    assert logs[1].startswith("dropped 3 metrics records past iteration 10")
     assert any(s.startswith("it=11 ") for s in logs)
+    lines = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [x["iteration"] for x in lines if "env_steps_per_s" in x] == list(range(1, 12))
+    assert not any(x.get("stale") for x in lines) and lines[-1]["iteration"] == 11
 
 
 @pytest.mark.slow

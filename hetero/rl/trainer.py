@@ -46,6 +46,29 @@ def _tensorboard(out_dir: Path, enabled: bool):
     return SummaryWriter(str(out_dir / "tb"))
 
 
+def _drop_metrics_after(path: Path, iteration: int) -> int:
+    """Remove the records of iterations after ``iteration`` (and a torn last line) from a resumed run's metrics
+    file, so that it holds each iteration once, from the run that continued; returns how many were removed."""
+    if not path.is_file():
+        return 0
+    keep, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short when the process died
+            dropped += bool(line.strip())
+            continue
+        if rec.get("iteration", 0) <= iteration:
+            keep.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(x + "\n" for x in keep))
+        tmp.replace(path)
+    return dropped
+
+
 def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
     """Run (or resume) RL; returns a summary with the first and last evaluation."""
     from rich.progress import Progress
@@ -66,6 +89,9 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
         opt.load_state_dict(ck["optimizer"])
         start_iter, history = ck["iteration"], ck.get("history", [])
         log(f"resumed from {ckpt_path} at iteration {start_iter}")
+        dropped = _drop_metrics_after(out / "metrics.jsonl", start_iter)
+        if dropped:
+            log(f"dropped {dropped} metrics records past iteration {start_iter} (logged after that checkpoint; redone now)")
     (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     writer = _tensorboard(out, tc.tensorboard)
     metrics_file = open(out / "metrics.jsonl", "a")
