@@ -38,7 +38,6 @@ def test_demo_fit_falls_when_the_policy_is_trained_on_the_demos():
     assert min(tasks) - 1e-6 <= after["ode_vs_demo_mse"] <= max(tasks) + 1e-6
 
 
-
 def test_reference_kl_is_zero_against_itself_and_grows_with_training():
     g = torch.Generator().manual_seed(0)
     state = torch.randn(64, 5, generator=g)

@@ -163,25 +163,26 @@ def replay(model: VLAPolicy, obs: dict, chain: torch.Tensor, denoise_ind: torch.
     dev = chain.device
     zeros = torch.zeros(b, device=dev)
 
-    def kl(sel_ref_prefix, x, step, m, mean, std) -> torch.Tensor | None:  # [b', H, A] against ref, or None
+    def kl(rows, x, step, m, mean, std) -> torch.Tensor | None:  # [b', H, A] of rows (None: all) vs ref, or None
         if ref is None:
             return None
         with torch.no_grad():
-            ref_mean, _ = _transition(ref, sel_ref_prefix, x, step, cfg, m)
+            ref_mean, _ = _transition(ref, ref_prefix if rows is None else ref_prefix[rows], x, step, cfg, m)
         return flow.mean_shift_kl(mean, ref_mean, std.detach())
 
     if method == "flow_sde":
         ks = denoise_ind.unique().tolist()
+        one = len(ks) == 1
         logp, ref_kl = zeros, zeros
         for k in ks:  # one forward per distinct k (a rollout batch shares k, minibatches mix a few)
             sel = (denoise_ind == k).nonzero().squeeze(1)
+            rows = None if one else sel
             x = chain[sel, k]
             step = torch.full((len(sel),), k, dtype=torch.long, device=dev)
-            one = len(ks) == 1
             mean, std = _transition(model, prefix if one else prefix[sel], x, step, cfg, "flow_sde")
             lp = flow.gaussian_logprob(chain[sel, k + 1], mean, std)[:, :c].sum(dim=(1, 2))
             logp = lp if one else logp.index_put((sel,), lp)
-            d = kl(None if ref is None else (ref_prefix if one else ref_prefix[sel]), x, step, "flow_sde", mean, std)
+            d = kl(rows, x, step, "flow_sde", mean, std)
             if d is not None:
                 d = d[:, :c].sum(dim=(1, 2))
                 ref_kl = d if one else ref_kl.index_put((sel,), d)
@@ -195,7 +196,7 @@ def replay(model: VLAPolicy, obs: dict, chain: torch.Tensor, denoise_ind: torch.
             mean, std = _transition(model, prefix, chain[:, i], step, cfg, "flow_noise")
             terms.append(flow.gaussian_logprob(chain[:, i + 1], mean, std))
             ents.append(flow.gaussian_entropy(std)[:, :c].mean(dim=(1, 2)))
-            d = kl(ref_prefix, chain[:, i], step, "flow_noise", mean, std)
+            d = kl(None, chain[:, i], step, "flow_noise", mean, std)
             if d is not None:
                 kls.append(d[:, :c].sum(dim=(1, 2)))
         lp = torch.stack(terms, dim=1).mean(dim=1)
