@@ -7,7 +7,7 @@ from hetero.config import build
 from hetero.models.vla import VLAConfig, VLAPolicy
 from hetero.rl.config import RLConfig
 from hetero.rl.policy import SamplerConfig, replay, sample, save_checkpoint
-from hetero.rl.update import make_optimizer, ppo_update, reference_policy
+from hetero.rl.update import make_optimizer, ppo_update, reference_policy, resume_optimizer
 
 
 def _batch(model: VLAPolicy, n: int = 32) -> dict:
@@ -44,6 +44,21 @@ def test_train_expert_only_freezes_the_prefix_encoder(expert_only):
     else:
         assert moved & prefix
     assert len(value_params) == sum(1 for n, _ in model.named_parameters() if n.startswith("value_head"))
+
+
+def test_resumed_optimizer_keeps_the_moments_but_takes_this_runs_learning_rates():
+    """A resumed run that changes algo.lr/value_lr (``--set``) gets them; the Adam state still comes from the file."""
+    model, cfg = _model_cfg(minibatch_size=16)
+    opt, _, _ = make_optimizer(model, cfg)
+    ppo_update(model, opt, _batch(model), cfg, iteration=1)
+    state = opt.state_dict()
+    _, cfg2 = _model_cfg(minibatch_size=16, lr=2e-4, value_lr=5e-3)
+    opt2, _, _ = make_optimizer(model, cfg2)
+    assert resume_optimizer(opt2, state, cfg2) == ["algo.lr 0.001 -> 0.0002", "algo.value_lr 0.001 -> 0.005"]
+    assert [g["lr"] for g in opt2.param_groups] == [2e-4, 5e-3]
+    p = opt.param_groups[0]["params"][0]
+    assert torch.equal(opt2.state[opt2.param_groups[0]["params"][0]]["exp_avg"], opt.state[p]["exp_avg"])
+    assert resume_optimizer(opt2, opt2.state_dict(), cfg2) == []
 
 
 def test_per_task_advantage_normalisation_ignores_each_tasks_scale():

@@ -33,7 +33,14 @@ from hetero.rl.envs.base import episode_metrics
 from hetero.rl.eval import evaluate_config
 from hetero.rl.policy import load_checkpoint, obs_to_torch, sample, save_checkpoint
 from hetero.rl.sft import bc_dataset
-from hetero.rl.update import cat_obs, index_obs, make_optimizer, ppo_update, reference_policy
+from hetero.rl.update import (
+    cat_obs,
+    index_obs,
+    make_optimizer,
+    ppo_update,
+    reference_policy,
+    resume_optimizer,
+)
 
 
 def _tensorboard(out_dir: Path, enabled: bool):
@@ -86,9 +93,9 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
     opt, _, _ = make_optimizer(model, cfg)
     start_iter, history = 0, []
     if resumed:
-        opt.load_state_dict(ck["optimizer"])
+        changed = resume_optimizer(opt, ck["optimizer"], cfg)
         start_iter, history = ck["iteration"], ck.get("history", [])
-        log(f"resumed from {ckpt_path} at iteration {start_iter}")
+        log(f"resumed from {ckpt_path} at iteration {start_iter}" + (f" ({', '.join(changed)})" if changed else ""))
         dropped = _drop_metrics_after(out / "metrics.jsonl", start_iter)
         if dropped:
             log(f"dropped {dropped} metrics records past iteration {start_iter} (logged after that checkpoint; redone now)")

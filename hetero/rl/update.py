@@ -64,6 +64,20 @@ def make_optimizer(model: torch.nn.Module, cfg: RLConfig) -> tuple[torch.optim.O
     return opt, policy_params, value_params
 
 
+def resume_optimizer(opt: torch.optim.Optimizer, state: dict, cfg: RLConfig) -> list[str]:
+    """Load a checkpoint's optimizer state (Adam moments, step counts) into ``make_optimizer``'s ``opt`` but keep this
+    run's ``algo.lr`` / ``algo.value_lr`` / ``algo.weight_decay``, which ``load_state_dict`` would otherwise silently
+    replace by the checkpoint's; returns the settings that changed (``"algo.lr 3e-05 -> 1e-05"``)."""
+    opt.load_state_dict(state)
+    ac, changed = cfg.algo, []
+    for group, lr_name, lr in zip(opt.param_groups, ("algo.lr", "algo.value_lr"), (ac.lr, ac.value_lr), strict=True):
+        for name, key, value in ((lr_name, "lr", lr), ("algo.weight_decay", "weight_decay", ac.weight_decay)):
+            if group[key] != value:
+                changed.append(f"{name} {group[key]:g} -> {value:g}")
+                group[key] = value
+    return sorted(set(changed))
+
+
 def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device: str = "cpu",
                shard: tuple[int, int, dist.ProcessGroup | None] | None = None, emulator=None,
                bc_data: dict | None = None, ref: VLAPolicy | None = None) -> dict:
