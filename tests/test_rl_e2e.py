@@ -103,6 +103,7 @@ def test_grpo_and_flow_noise_run(sft_dir, algo, capsys):
                          "--no-progress", "--set", "env.max_episode_steps=40"]) == 0
             res[method] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
             assert res[method]["method"] == method and res[method]["episodes"] == 2
+            assert res[method]["success_ci95"][0] <= res[method]["success_rate"] <= res[method]["success_ci95"][1]
         assert res["ode"]["return"] != res["flow_noise"]["return"]  # the sampler was switched
         assert main(["rl", "eval", "--checkpoint", ck, "--set", "env.nope=1"]) == 2  # --set reaches its config
         assert "env.nope: unknown key" in capsys.readouterr().err

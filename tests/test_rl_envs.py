@@ -121,7 +121,22 @@ def test_evaluate_counts_its_episodes_per_task_and_refuses_a_short_count():
         res = evaluate(model, env, sampler, episodes=3, seed=0)  # 2 chunk steps per episode
         assert res["episodes"] == 6 and sorted(res["per_task"]) == ["drawer-close-v3", "reach-v3"]
         assert res["length"] == 10 and 0.0 <= res["success_rate"] <= 1.0
+        lo, hi = res["success_ci95"]
+        assert lo <= res["success_rate"] <= hi and hi - lo > 0.3  # 6 episodes say little
         with pytest.raises(RuntimeError, match="0 of 6 episodes finished"):
             evaluate(model, env, sampler, episodes=3, seed=0, max_chunks=1)
     finally:
         env.close()
+
+
+def test_wilson_interval_matches_hand_worked_values():
+    from hetero.rl.eval import wilson_interval
+
+    lo, hi = wilson_interval(85, 100)  # centre (0.85 + 1.96^2/200) / (1 + 1.96^2/100) = 0.8371, half-width 0.0699
+    assert lo == pytest.approx(0.7672, abs=1e-4) and hi == pytest.approx(0.9069, abs=1e-4)
+    assert wilson_interval(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4))
+    assert wilson_interval(10, 10) == (pytest.approx(0.7225, abs=1e-4), 1.0)
+    w200, w1000 = wilson_interval(170, 200), wilson_interval(850, 1000)
+    assert w1000[1] - w1000[0] < 0.5 * (w200[1] - w200[0])  # ~1/sqrt(5) as wide
+    with pytest.raises(ValueError, match="3 of 2"):
+        wilson_interval(3, 2)

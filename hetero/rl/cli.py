@@ -5,8 +5,8 @@
     hetero rl eval  --checkpoint runs/rl/checkpoint.pt --config examples/rl/metaworld_mt10_flow_sde.yaml \
         --episodes 10 [--method flow_noise] [--json]
 
-Each command prints progress and, as its last line, one JSON object (eval: ``{"success_rate": x, "episodes": n,
-"per_task": {...}}``). ``--set section.key=value`` overrides a config value (YAML-parsed); ``eval`` without
+Each command prints progress and, as its last line, one JSON object (eval: ``{"success_rate": x,
+"success_ci95": [lo, hi], "episodes": n, "per_task": {...}}``, n over all tasks; ``--episodes`` counts per task). ``--set section.key=value`` overrides a config value (YAML-parsed); ``eval`` without
 ``--config`` uses the config an RL checkpoint carries, with the overrides applied.
 """
 
@@ -77,7 +77,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.json:
         for task, sr in res["per_task"].items():
             print(f"{task:32s} {sr:.3f}", file=sys.stderr)
-    print(json.dumps({"success_rate": res["success_rate"], "episodes": res["episodes"], "method": args.method,
+        lo, hi = res["success_ci95"]
+        print(f"{'success (95% interval)':32s} {res['success_rate']:.3f} ({lo:.3f}-{hi:.3f})", file=sys.stderr)
+    print(json.dumps({"success_rate": res["success_rate"], "success_ci95": res["success_ci95"],
+                      "episodes": res["episodes"], "method": args.method,
                       "per_task": res["per_task"], "return": res["return"],
                       "env_steps_per_s": res["env_steps_per_s"]}))
     return 0

@@ -3,10 +3,11 @@ stochastic sampler (`--method`) to compare with the training rollouts.
 
     hetero rl eval --checkpoint runs/rl/checkpoint.pt --config examples/rl/metaworld_mt10_flow_sde.yaml \
         --episodes 10 [--method flow_noise] [--json]
-    # last line: {"success_rate": x, "episodes": n, "per_task": {...}, ...}
+    # last line: {"success_rate": x, "success_ci95": [lo, hi], "episodes": n, "per_task": {...}, ...}
 
 Each task gets ``episodes`` episodes spread over its env slots (each slot runs a fixed quota, so the set of
-episodes depends only on the seeds, not on timing). Episodes of a crashed worker are discarded, not counted.
+episodes depends only on the seeds, not on timing). Episodes of a crashed worker are discarded, not counted. The
+success rate comes with its 95% Wilson interval: on 200 episodes a true 0.85 reads anywhere in about 0.80-0.90.
 """
 
 from __future__ import annotations
@@ -25,6 +26,16 @@ from hetero.rl.envs.base import ChunkVecEnv, episode_metrics
 from hetero.rl.policy import NoiseMethod, SamplerConfig, obs_to_torch, sample
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval ``(lo, hi)`` of a success rate ``successes / n`` (z = 1.96: 95%)."""
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n >= 1, got {successes} of {n}")
+    p, z2 = successes / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def eval_env_config(env_cfg: EnvConfig, *, episodes: int, variation_seed: int,
                     max_envs: int | None = None) -> EnvConfig:
     """The evaluation env: held-out variations (LIBERO: another start in the 50 initial states), no groups, slots
@@ -38,7 +49,8 @@ def eval_env_config(env_cfg: EnvConfig, *, episodes: int, variation_seed: int,
 @torch.no_grad()
 def evaluate(model: VLAPolicy, env: ChunkVecEnv, sampler: SamplerConfig, *, episodes: int, seed: int,
              method: NoiseMethod = "ode", device: str = "cpu", max_chunks: int = 100_000) -> dict:
-    """Run ``episodes`` episodes per task; returns success_rate, per_task, mean return/length, env-steps/s."""
+    """Run ``episodes`` episodes per task; returns success_rate (and success_ci95, its Wilson interval), per_task,
+    mean return/length, env-steps/s."""
     model.eval()
     n = env.num_envs
     tasks = sorted(set(env.task_names))
@@ -68,7 +80,9 @@ def evaluate(model: VLAPolicy, env: ChunkVecEnv, sampler: SamplerConfig, *, epis
         raise RuntimeError(f"evaluation stopped after {max_chunks} chunk steps with {len(eps)} of {quota.sum()} "
                            "episodes finished: an episode that never ends (check max_episode_steps)")
     wall = time.time() - t0
-    return {**episode_metrics(eps), "length": float(np.mean([e["length"] for e in eps])),
+    wins = sum(bool(e["success_once"]) for e in eps)
+    return {**episode_metrics(eps), "success_ci95": list(wilson_interval(wins, len(eps))),
+            "length": float(np.mean([e["length"] for e in eps])),
             "env_steps_per_s": steps / max(wall, 1e-9), "wall_s": wall}
 
 
