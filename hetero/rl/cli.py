@@ -6,8 +6,9 @@
         --episodes 10 [--method flow_noise] [--json]
 
 Each command prints progress and, as its last line, one JSON object (eval: ``{"success_rate": x,
-"success_ci95": [lo, hi], "episodes": n, "per_task": {...}}``, n over all tasks; ``--episodes`` counts per task). ``--set section.key=value`` overrides a config value (YAML-parsed); ``eval`` without
-``--config`` uses the config an RL checkpoint carries, with the overrides applied.
+"success_ci95": [lo, hi], "episodes": n, "per_task": {...}}``, n over all tasks; ``--episodes`` counts per task).
+``--set section.key=value`` overrides a config value (YAML-parsed); ``eval`` without ``--config`` uses the config
+an RL checkpoint carries, with the overrides applied.
 """
 
 from __future__ import annotations
