@@ -1,7 +1,7 @@
 """How far a policy's flow has moved from the few-shot demonstrations it was fine-tuned on (SFT -> RL drift).
 
     python tools/rl_demo_fit.py --config examples/rl/metaworld_mt10_flow_noise.yaml \
-        --checkpoint runs/rl_mt10/sft_fewshot.pt --checkpoint runs/rl_mt10/flow_noise_b16_det/checkpoint.pt
+        --checkpoint runs/rl_mt10/sft_fewshot.pt --checkpoint runs/rl_mt10/flow_noise_bc03/checkpoint.pt
 
 Rebuilds the config's SFT demonstrations (``sft.demos_per_task`` / ``sft.task_demos``, ``sft.seed``), draws
 ``--chunks`` (state, action chunk) pairs from them and one noise draw per pair (the same for every checkpoint), and
