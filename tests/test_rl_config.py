@@ -63,7 +63,7 @@ def test_rl_options_apply_the_noise_bounds_to_a_loaded_model_and_bad_bounds_are_
     feats = torch.randn(3, 5, sft.cfg.d_model, generator=torch.Generator().manual_seed(0))
     std = sft.noise_std(feats)  # [3, 5, A]
     assert torch.equal(std, flow.bounded_std(sft.noise_head(feats), 0.12, 0.24))
-    assert 0.12 - 1e-6 <= float(std.min()) and float(std.max()) <= 0.24 + 1e-6
+    assert 0.12 - 1e-6 <= float(std.min().detach()) and float(std.max().detach()) <= 0.24 + 1e-6
     feats.requires_grad_(True)
     sft.noise_std(feats).sum().backward()
     assert feats.grad is not None and feats.grad.abs().sum() > 0  # piRL: std gradients reach the expert
