@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@torch.no_grad()
 def _learned_std(model, obs: dict, cfg, tasks: list[str], g: torch.Generator) -> dict:
     """Flow-Noise's learned per-step std along one sampled chain, per task: mean, and the fraction of elements within
     1% of the lower / upper bound."""
