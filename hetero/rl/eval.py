@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import torch
+from scipy.stats import binomtest
 
 from hetero.models.vla import VLAPolicy
 from hetero.rl.config import EnvConfig
@@ -26,14 +27,12 @@ from hetero.rl.envs.base import ChunkVecEnv, episode_metrics
 from hetero.rl.policy import NoiseMethod, SamplerConfig, obs_to_torch, sample
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval ``(lo, hi)`` of a success rate ``successes / n`` (z = 1.96: 95%)."""
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval ``(lo, hi)`` of a success rate ``successes / n`` (scipy's ``binomtest``)."""
     if n < 1 or not 0 <= successes <= n:
         raise ValueError(f"need 0 <= successes <= n and n >= 1, got {successes} of {n}")
-    p, z2 = successes / n, z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    ci = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def eval_env_config(env_cfg: EnvConfig, *, episodes: int, variation_seed: int,
