@@ -5,6 +5,7 @@ and resume. Run: python -m pytest -q tests/test_rl_e2e.py  (a few minutes on 2 c
 import json
 
 import pytest
+import torch
 
 pytest.importorskip("metaworld", reason="metaworld not installed: pip install -e .[rl]")
 
@@ -28,7 +29,8 @@ def _cfg(tmp, **over) -> RLConfig:
         "algo": {"name": "ppo", "rollout_chunks": 24, "lr": 3e-5, "value_lr": 1e-3, "update_epochs": 2,
                  "minibatch_size": 128, "critic_warmup_iters": 1},
         "train": {"iterations": 10, "init_checkpoint": str(tmp / "sft.pt"), "out_dir": str(tmp / "ppo"),
-                  "eval_every": 10, "eval_episodes": 20, "checkpoint_every": 5, "tensorboard": True, "threads": 1},
+                  "eval_every": 10, "eval_episodes": 20, "checkpoint_every": 5, "keep_every": 5, "tensorboard": True,
+                  "threads": 1},
     }
     for key, val in over.items():
         sec, k = key.split("__")
@@ -61,6 +63,9 @@ def test_sft_then_ppo_flow_sde_improves_on_held_out_seeds(sft_dir):
     assert [x["iteration"] for x in train_lines] == list(range(1, 11))
     assert all(x["env_steps_per_s"] > 0 and 0 <= x["clip_fraction"] <= 1 for x in train_lines)
     assert any((sft_dir / "ppo" / "tb").iterdir())
+    kept = sorted(p.name for p in (sft_dir / "ppo").glob("checkpoint_it*.pt"))
+    assert kept == ["checkpoint_it10.pt", "checkpoint_it5.pt"]
+    assert torch.load(sft_dir / "ppo" / "checkpoint_it5.pt", map_location="cpu", weights_only=False)["iteration"] == 5
     # resume: one more iteration continues from checkpoint.pt at iteration 10; what a run killed after that
     # checkpoint logged past it (here iterations 11-12 and a torn line) is dropped, so each iteration is there once
     metrics = sft_dir / "ppo" / "metrics.jsonl"

@@ -196,6 +196,8 @@ class TrainConfig:
     """Meta-World variation seed of evaluation (held out from training's env.variation_seed)."""
     checkpoint_every: int = 10
     """Write checkpoint.pt every K iterations (resume from it)."""
+    keep_every: int = 0
+    """Also keep a copy, checkpoint_it<N>.pt, every K iterations (0: only the latest checkpoint.pt)."""
     threads: int = 1
     """torch threads of the learner (0: torch's default; on a busy 2-core machine 1 is much faster)."""
     device: str = "cpu"
@@ -208,6 +210,7 @@ class TrainConfig:
         check(self.eval_every >= 0, "eval_every", "must be >= 0")
         check(self.eval_episodes >= 1, "eval_episodes", "must be >= 1")
         check(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
+        check(self.keep_every >= 0, "keep_every", "must be >= 0")
 
 
 @dataclass(kw_only=True)

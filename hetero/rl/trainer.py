@@ -12,13 +12,14 @@ prefix encoder frozen by default
 (:mod:`hetero.rl.update`, shared with the RL system's actor ranks). One metrics line per iteration (also to
 ``out_dir/metrics.jsonl`` and TensorBoard), held-out deterministic evaluation every ``train.eval_every``
 iterations, and ``out_dir/checkpoint.pt`` every ``train.checkpoint_every`` iterations: rerunning the same command
-resumes from it.
+resumes from it (``train.keep_every`` also keeps ``out_dir/checkpoint_it<N>.pt`` copies to evaluate later).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -211,10 +212,13 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
                         writer.add_scalar(f"train/{k}", v, it)
             if tc.eval_every and (it % tc.eval_every == 0 or it == tc.iterations):
                 run_eval(it)
-            if it % tc.checkpoint_every == 0 or it == tc.iterations:
+            keep = tc.keep_every and it % tc.keep_every == 0
+            if keep or it % tc.checkpoint_every == 0 or it == tc.iterations:
                 save_checkpoint(ckpt_path, model=model.cpu(), extra={"optimizer": opt.state_dict(), "iteration": it,
                                                                     "history": history, "config": to_dict(cfg)})
                 model.to(dev)
+                if keep:
+                    shutil.copyfile(ckpt_path, out / f"checkpoint_it{it}.pt")
             bar.update(ptask, advance=1)
     env.close()
     metrics_file.close()
