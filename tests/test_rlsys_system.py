@@ -5,7 +5,8 @@ disaggregated (env | rollout | actor on three ranks, k=1) must reproduce the tra
 (all roles on all three ranks, actor data-parallel over 3, context switching) and hybrid (env | rollout, actor on
 the rollout rank and a third rank, data-parallel over 2) run the same algorithm with the gradient summed across
 ranks, so their metrics agree to float rounding. A pipelined run (two env ranks, k=2, world size 4) completes
-with the same amount of data. GRPO, disaggregated, reproduces the trainer's GRPO metrics exactly.
+with the same amount of data. GRPO, disaggregated, reproduces the trainer's GRPO metrics exactly, and a run
+stopped and started again resumes from its checkpoint as the trainer does.
 """
 
 from __future__ import annotations
@@ -148,6 +149,36 @@ def test_one_rank_overlapping_two_microbatches_matches_the_disaggregated_pipelin
     crossed, _, _ = _run(reference, "crossed", {**roles, "mode": "collocated", "env": {"ranks": [0, 1]},
                                                 "rollout": {"ranks": [1, 0]}, "actor": {"ranks": [0, 1]}})
     assert [r["samples"] for r in crossed] == [16, 16]
+
+
+def test_resumes_from_its_checkpoint_as_the_trainer_does(reference):
+    """Stopped after iteration 1 and started again with the same out dir, the system resumes from its checkpoint
+    (weights, optimizer, version, seeds moved on by the iteration) and matches the trainer resumed the same way."""
+    ckpt, _, d = reference
+    for its in (1, 2):  # the trainer, stopped after 1 and resumed to 2
+        p = mp.get_context("spawn").Process(target=_ref_train, args=(str(ckpt), str(d / "ref_resume"),
+                                                                     [f"train.iterations={its}"]))
+        p.start()
+        p.join(180)
+        assert p.exitcode == 0, "reference trainer failed"
+    ref = [json.loads(x) for x in (d / "ref_resume" / "metrics.jsonl").read_text().splitlines()]
+    assert ref[1]["pg_loss"] != reference[1][1]["pg_loss"]  # resuming (env reset, new seeds) is not a rerun
+    rp = RolePlan.from_dict({"mode": "disaggregated", "num_envs": 4, "k": 1, "env": {"ranks": [0]},
+                             "rollout": {"ranks": [1]}, "actor": {"ranks": [2]}})
+    plan, out = d / "resume.yaml", d / "resume"
+    to_plan(rp, samples=16).to_file(plan)
+    for its in (1, 2):
+        res = launch(["--config", CONFIG, "--plan", str(plan), "--iterations", str(its), "--out", str(out),
+                      "--set", f"train.init_checkpoint={ckpt}", "--set", "train.keep_every=1"],
+                     world_size=3, timeout_s=240, capture=True)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "resumed from" in res.stdout and "at iteration 1" in res.stdout
+    got = read_metrics(str(out))
+    assert [r["iteration"] for r in got] == [1, 2] and [r["version"] for r in got] == [1, 2]
+    for g, r in zip(got, ref):
+        assert {k: g[k] for k in KEYS} == {k: r[k] for k in KEYS}
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["iteration"] == 2
+    assert torch.load(out / "checkpoint_it1.pt", weights_only=False)["iteration"] == 1
 
 
 def test_launcher_rejects_bad_input_before_starting_ranks(tmp_path, capsys):

@@ -8,7 +8,9 @@
 Without RANK in the environment this starts ``hetero-run --standalone --nproc-per-node W -m hetero.rl.system``
 with the same arguments (W from the plan); each worker initialises the ``hetero`` communicator (``--backend gloo``
 for plain gloo), builds its role loops (:class:`hetero.rl.workers.RankRunner`) and runs them. The first actor rank
-prints one metrics line per iteration and writes ``OUT/metrics.jsonl`` and ``OUT/checkpoint.pt``.
+prints one metrics line per iteration and writes ``OUT/metrics.jsonl`` and ``OUT/checkpoint.pt`` (every
+``train.checkpoint_every`` iterations, with ``checkpoint_it<N>.pt`` copies every ``train.keep_every``); started
+again with the same OUT, every rank resumes from that checkpoint.
 
 Tests: ``python -m pytest -q tests/test_rlsys_system.py``.
 """
@@ -45,7 +47,12 @@ def load(args) -> tuple:
     from hetero.autoparallel.plan import Plan
     from hetero.rl.config import load_config
 
-    cfg = load_config(args.config, args.set)
+    sets = list(args.set)
+    if args.iterations is not None:
+        sets.append(f"train.iterations={args.iterations}")
+    if args.out is not None:
+        sets.append(f"train.out_dir={args.out}")
+    cfg = load_config(args.config, sets)
     plan = Plan.from_file(args.plan)
     if plan.roles is None:
         raise ConfigError(f"{args.plan}: roles", "the plan has no roles (make one with hetero-plan --rl)")
@@ -80,8 +87,7 @@ def worker(args) -> int:
                         log=lambda s: print(s, flush=True))
     if rank == 0:
         print(f"RL system: {roles.describe()} world={world} backend={args.backend}", flush=True)
-    iters = args.iterations if args.iterations is not None else cfg.train.iterations
-    runner.run(iters, out_dir=args.out or cfg.train.out_dir)
+    runner.run()
     runner.close()
     dist.barrier()
     dist.destroy_process_group()

@@ -54,7 +54,7 @@ def _tensorboard(out_dir: Path, enabled: bool):
     return SummaryWriter(str(out_dir / "tb"))
 
 
-def _drop_metrics_after(path: Path, iteration: int) -> int:
+def drop_metrics_after(path: Path, iteration: int) -> int:
     """Remove the records of iterations after ``iteration`` (and a torn last line) from a resumed run's metrics
     file, so that it holds each iteration once, from the run that continued; returns how many were removed."""
     if not path.is_file():
@@ -77,6 +77,23 @@ def _drop_metrics_after(path: Path, iteration: int) -> int:
     return dropped
 
 
+def save_rl_checkpoint(out: Path, *, model: torch.nn.Module, opt: torch.optim.Optimizer, iteration: int,
+                       cfg: RLConfig, history: list | None = None) -> bool:
+    """At the iterations ``train`` asks for (every ``checkpoint_every``, every ``keep_every`` and the last), write
+    ``out/checkpoint.pt`` (model, optimizer, iteration, evaluation history, config: what a resumed run and ``hetero
+    rl eval`` read) and at every ``keep_every`` also a ``checkpoint_it<N>.pt`` copy; returns whether it wrote."""
+    tc = cfg.train
+    keep = bool(tc.keep_every) and iteration % tc.keep_every == 0
+    if not (keep or iteration % tc.checkpoint_every == 0 or iteration == tc.iterations):
+        return False
+    path = out / "checkpoint.pt"
+    save_checkpoint(path, model=model, extra={"optimizer": opt.state_dict(), "iteration": iteration,
+                                              "history": history or [], "config": to_dict(cfg)})
+    if keep:
+        shutil.copyfile(path, out / f"checkpoint_it{iteration}.pt")
+    return True
+
+
 def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
     """Run (or resume) RL; returns a summary with the first and last evaluation."""
     from rich.progress import Progress
@@ -97,7 +114,7 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
         changed = resume_optimizer(opt, ck["optimizer"], cfg)
         start_iter, history = ck["iteration"], ck.get("history", [])
         log(f"resumed from {ckpt_path} at iteration {start_iter}" + (f" ({', '.join(changed)})" if changed else ""))
-        dropped = _drop_metrics_after(out / "metrics.jsonl", start_iter)
+        dropped = drop_metrics_after(out / "metrics.jsonl", start_iter)
         if dropped:
             log(f"dropped {dropped} metrics records past iteration {start_iter} (logged after that checkpoint; redone now)")
     (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
@@ -212,13 +229,7 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
                         writer.add_scalar(f"train/{k}", v, it)
             if tc.eval_every and (it % tc.eval_every == 0 or it == tc.iterations):
                 run_eval(it)
-            keep = tc.keep_every and it % tc.keep_every == 0
-            if keep or it % tc.checkpoint_every == 0 or it == tc.iterations:
-                save_checkpoint(ckpt_path, model=model.cpu(), extra={"optimizer": opt.state_dict(), "iteration": it,
-                                                                    "history": history, "config": to_dict(cfg)})
-                model.to(dev)
-                if keep:
-                    shutil.copyfile(ckpt_path, out / f"checkpoint_it{it}.pt")
+            save_rl_checkpoint(out, model=model, opt=opt, iteration=it, cfg=cfg, history=history)
             bar.update(ptask, advance=1)
     env.close()
     metrics_file.close()

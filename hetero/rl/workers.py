@@ -46,9 +46,17 @@ from hetero.rl.config import EnvConfig, RLConfig
 from hetero.rl.envs import slice_class
 from hetero.rl.envs.base import ChunkVecEnv, SliceFactory, episode_metrics
 from hetero.rl.offload import HostStore
-from hetero.rl.policy import load_checkpoint, obs_to_torch, sample, save_checkpoint
+from hetero.rl.policy import load_checkpoint, obs_to_torch, sample
 from hetero.rl.sft import bc_dataset
-from hetero.rl.update import cat_obs, index_obs, make_optimizer, ppo_update, reference_policy
+from hetero.rl.trainer import drop_metrics_after, save_rl_checkpoint
+from hetero.rl.update import (
+    cat_obs,
+    index_obs,
+    make_optimizer,
+    ppo_update,
+    reference_policy,
+    resume_optimizer,
+)
 from hetero.rl.weightsync import WeightSync, flatten, unflatten_into
 from hetero.runtime.emulate import Emulator
 
@@ -90,20 +98,32 @@ class RankRunner:
         self._pending: int | None = None  # the micro-batch this rank is simulating (one at a time)
         self.obs: dict[int, dict] = {}
         self.rollout_model = self.actor_model = self.opt = None
+        # resume: every rank starts from out_dir/checkpoint.pt when it is there (as the trainer does), else from
+        # the init checkpoint; the env reset and sampling seeds move on by the iteration, as in the trainer
+        self.out = Path(tc.out_dir)
+        resume = self.out / "checkpoint.pt"
+        self.start_iter = torch.load(resume, map_location="cpu", weights_only=False)["iteration"] if (
+            resume.is_file()) else 0
+        start_ckpt = resume if self.start_iter else tc.init_checkpoint
         if "rollout" in self.my:
-            self.rollout_model, _ = load_checkpoint(tc.init_checkpoint, policy=cfg.policy)
+            self.rollout_model, _ = load_checkpoint(start_ckpt, policy=cfg.policy)
             self.rollout_model.to(self.device)
             ri = roles.rollout.ranks.index(rank)
-            self.gen = torch.Generator(device=self.device).manual_seed(tc.seed * 1000 + ri * 7919)
+            self.gen = torch.Generator(device=self.device).manual_seed(tc.seed * 1000 + ri * 7919 + self.start_iter)
         if "actor" in self.my:
-            self.actor_model, _ = load_checkpoint(tc.init_checkpoint, policy=cfg.policy)
+            self.actor_model, ck = load_checkpoint(start_ckpt, policy=cfg.policy)
             self.actor_model.to(self.device)
             self.opt, _, _ = make_optimizer(self.actor_model, cfg)
+            if self.start_iter:
+                changed = resume_optimizer(self.opt, ck["optimizer"], cfg)
+                if rank == roles.actor.ranks[0]:
+                    log(f"resumed from {resume} at iteration {self.start_iter}"
+                        + (f" ({', '.join(changed)})" if changed else ""))
             self.actor_index = roles.actor.ranks.index(rank)
             self.bc_data = bc_dataset(cfg)  # few-shot demos for the algo.bc_coef anchor (None when off)
             self.ref = reference_policy(cfg, self.device)  # the SFT policy for algo.ref_kl_coef (None when off)
         self.ws = WeightSync(src=roles.actor.ranks[0], ranks=self.sync_ranks, group=self.sync_group)
-        self.ws.version = 0  # version 0 = the initial checkpoint every rank loaded
+        self.ws.version = self.start_iter  # the version of the checkpoint every rank loaded (0: the initial one)
         self.switching = self.actor_model is not None and self.rollout_model is not None
         if self.switching:  # collocated actor + rollout: start with the actor in the host store
             self._switch("offload", "actor")
@@ -136,7 +156,7 @@ class RankRunner:
         if self.cfg.algo.name == "grpo":  # every group restarts from one shared reset state, as in the trainer
             self.obs[j] = self.envs[j].reset(seed=tc.seed * 7919 + it)
         elif first:
-            self.obs[j] = self.envs[j].reset(seed=tc.seed * 7919)
+            self.obs[j] = self.envs[j].reset(seed=tc.seed * 7919 + self.start_iter)
         self._ch("obs", j).send(j, {"obs": obs_to_torch(self.obs[j])})
 
     def _env_dispatch(self, j: int) -> None:
@@ -273,16 +293,22 @@ class RankRunner:
                 "assemble_s": t_assemble}
 
     # -- the iteration
-    def run(self, iterations: int, *, out_dir: str | None = None) -> list[dict]:
-        """Run ``iterations`` RL iterations; the first actor rank returns (and writes) one record per iteration."""
+    def run(self) -> list[dict]:
+        """Run RL iterations ``start_iter + 1 .. train.iterations``; the first actor rank returns (and writes to
+        ``train.out_dir``) one record per iteration and checkpoints."""
         T, records = self.cfg.chunk_steps(), []
         env_mbs, roll_mbs = self._mbs("env"), self._mbs("rollout")
         metrics = None
-        if out_dir and self.rank == self.roles.actor.ranks[0]:
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            metrics = open(Path(out_dir) / "metrics.jsonl", "w")
+        lead = self.rank == self.roles.actor.ranks[0]
+        if lead:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if self.start_iter:
+                dropped = drop_metrics_after(self.out / "metrics.jsonl", self.start_iter)
+                if dropped:
+                    self.log(f"dropped {dropped} metrics records past iteration {self.start_iter} (redone now)")
+            metrics = open(self.out / "metrics.jsonl", "a" if self.start_iter else "w")
         t_prev = time.perf_counter()
-        for it in range(1, iterations + 1):
+        for it in range(self.start_iter + 1, self.cfg.train.iterations + 1):
             bufs = {j: {"obs": [], "chains": [], "inds": [], "logps": [], "values": [], "rewards": [], "dones": [],
                         "discarded": [], "episodes": [], "env_steps": 0, "t_policy": 0.0, "restarts": 0}
                     for j in roll_mbs}
@@ -315,6 +341,8 @@ class RankRunner:
                 t_train = time.perf_counter()
                 rec = self._train(it)
                 t_train = time.perf_counter() - t_train
+                if lead:
+                    save_rl_checkpoint(self.out, model=self.actor_model, opt=self.opt, iteration=it, cfg=self.cfg)
             # weight sync: version = iteration
             flat_w = None
             if self.rank == self.ws.src:
@@ -331,7 +359,7 @@ class RankRunner:
             elif rec is not None and self.rank not in self.sync_ranks:
                 self.ws.version = it  # an actor rank outside the sync group updated to the same weights
             now = time.perf_counter()
-            if rec is not None and self.rank == self.roles.actor.ranks[0]:
+            if rec is not None and lead:
                 wall = now - t_prev
                 rec = {"iteration": it, **rec, "env_steps_per_s": rec["env_steps"] / wall,
                        "samples_per_s": T * self.roles.num_envs / wall, "iter_s": wall, "rollout_s": t_roll,
@@ -352,10 +380,6 @@ class RankRunner:
             t_prev = now
         if metrics:
             metrics.close()
-            if self.switching:
-                self._switch("reload", "actor")
-            save_checkpoint(Path(out_dir) / "checkpoint.pt", model=self.actor_model.cpu(),
-                            extra={"optimizer": self.opt.state_dict(), "iteration": iterations})
         return records
 
     def close(self) -> None:
