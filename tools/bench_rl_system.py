@@ -38,6 +38,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -295,6 +296,7 @@ def main(argv=None) -> int:
         task = bar.add_task("RL system runs", total=len(runs) * a.rounds)
         for i, (name, rp) in enumerate(x for rnd in order for x in rnd):
             d = out / f"{name}_r{i // len(runs)}"
+            shutil.rmtree(d, ignore_errors=True)  # a fresh run: the RL system resumes from a checkpoint left there
             res = launch(["--config", a.config, "--plan", str(out / f"plan_{name}.yaml"), "--iterations",
                           str(iterations), "--out", str(d), *sum([["--set", s] for s in sets], [])],
                          world_size=rp.world_size, timeout_s=a.timeout, capture=True, env=job_env)
