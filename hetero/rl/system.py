@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="RL run YAML (examples/rl/*.yaml)")
     p.add_argument("--plan", required=True, help="Plan with roles (hetero-plan --rl ... -o PLAN)")
     p.add_argument("--iterations", type=int, default=None, help="RL iterations (default: train.iterations)")
-    p.add_argument("--out", default=None, help="metrics.jsonl and checkpoint.pt go here (default: train.out_dir)")
+    p.add_argument("--out", default=None, help="metrics.jsonl and checkpoint.pt go here (default: train.out_dir); a checkpoint there is resumed")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--backend", choices=["hetero", "gloo"], default="hetero", help="process group backend")
     p.add_argument("--capacity", type=int, default=4, help="channel capacity (messages in flight per channel)")
