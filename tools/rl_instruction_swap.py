@@ -9,8 +9,8 @@ Runs ``--episodes`` held-out episodes of ``--task`` (the config's evaluation see
 sampler, as ``hetero rl eval``) once with the task's own instruction and once per ``--instruction``, which replaces
 the instruction in every observation the policy sees (the simulator and its success test are the task's). Prints
 the success rate and its 95% interval per instruction; the last line is JSON. A task solved under another task's
-instruction but not its own has the skill and lacks the conditioning (for example reach, whose goal the policy
-carries the puck to in pick-place).
+instruction but not its own has the skill and lacks the conditioning (for example MT10's reach, which the RL policy
+solves under pick-place's instruction).
 """
 
 from __future__ import annotations
