@@ -140,3 +140,39 @@ def test_wilson_interval_matches_hand_worked_values():
     assert w1000[1] - w1000[0] < 0.5 * (w200[1] - w200[0])  # ~1/sqrt(5) as wide
     with pytest.raises(ValueError, match="3 of 2"):
         wilson_interval(3, 2)
+
+
+class _Conn:
+    """A pipe end whose poll advances a fake clock: by ``t`` per poll (a silent worker), or by ``jump`` once (the
+    process suspended for that long during the poll) before the message arrives."""
+
+    def __init__(self, clock, jump=None):
+        self.clock, self.jump, self.polls = clock, jump, 0
+
+    def poll(self, t):
+        self.polls += 1
+        if self.jump is not None:
+            if self.polls == 1:
+                self.clock[0] += self.jump
+                return False
+            return True
+        self.clock[0] += t
+        return False
+
+    def recv(self):
+        return ("ok", "data")
+
+
+def test_worker_timeout_ignores_time_suspended_but_not_a_silent_worker(monkeypatch):
+    from hetero.rl.envs import base
+
+    clock = [0.0]
+    monkeypatch.setattr(base.time, "monotonic", lambda: clock[0])
+    env = base.ChunkVecEnv.__new__(base.ChunkVecEnv)
+    env.timeout_s = 12.0
+    env.conns = [_Conn(clock, jump=3600.0)]  # suspended for an hour, then the answer is there
+    assert env._recv(0, poll_s=5.0) == "data"
+    env.conns = [_Conn(clock)]  # never answers: 5 + 5 + 2 s of polls
+    with pytest.raises(TimeoutError, match="env worker 0 did not answer in 12.0 s"):
+        env._recv(0, poll_s=5.0)
+    assert env.conns[0].polls == 3

@@ -237,10 +237,19 @@ class ChunkVecEnv:
         for i, instr, name in zip(self.slices[w], info["instructions"], info["task_names"]):
             self.instructions[i], self.task_names[i] = instr, name
 
-    def _recv(self, w: int):
-        conn = self.conns[w]
-        if not conn.poll(self.timeout_s):
-            raise TimeoutError(f"env worker {w} did not answer in {self.timeout_s} s")
+    def _recv(self, w: int, poll_s: float = 5.0):
+        """Worker w's next message; TimeoutError after ``timeout_s`` of waiting for it. Waiting is counted in polls
+        of ``poll_s``, each at most its length, so that time the process spent suspended (SIGSTOP, a paused job)
+        does not count: a run paused for longer than the timeout carries on when resumed."""
+        conn, waited = self.conns[w], 0.0
+        while True:
+            step = min(poll_s, max(self.timeout_s - waited, 0.0))
+            t0 = time.monotonic()
+            if conn.poll(step):
+                break
+            waited += min(time.monotonic() - t0, step)
+            if waited >= self.timeout_s:
+                raise TimeoutError(f"env worker {w} did not answer in {self.timeout_s} s")
         status, data = conn.recv()
         if status == "error":
             raise WorkerError(f"env worker {w} failed:\n{data}")
