@@ -102,19 +102,24 @@ class RankRunner:
         # the init checkpoint; the env reset and sampling seeds move on by the iteration, as in the trainer
         self.out = Path(tc.out_dir)
         resume = self.out / "checkpoint.pt"
-        self.start_iter = torch.load(resume, map_location="cpu", weights_only=False)["iteration"] if (
-            resume.is_file()) else 0
-        start_ckpt = resume if self.start_iter else tc.init_checkpoint
+        resumed = resume.is_file()
+        start_ckpt = resume if resumed else tc.init_checkpoint
+        ck = None
         if "rollout" in self.my:
-            self.rollout_model, _ = load_checkpoint(start_ckpt, policy=cfg.policy)
+            self.rollout_model, ck = load_checkpoint(start_ckpt, policy=cfg.policy)
+        if "actor" in self.my:
+            self.actor_model, ck = load_checkpoint(start_ckpt, policy=cfg.policy)
+        if resumed and ck is None:  # an env-only rank needs only the iteration
+            ck = torch.load(resume, map_location="cpu", weights_only=False)
+        self.start_iter = ck["iteration"] if resumed else 0
+        if "rollout" in self.my:
             self.rollout_model.to(self.device)
             ri = roles.rollout.ranks.index(rank)
             self.gen = torch.Generator(device=self.device).manual_seed(tc.seed * 1000 + ri * 7919 + self.start_iter)
         if "actor" in self.my:
-            self.actor_model, ck = load_checkpoint(start_ckpt, policy=cfg.policy)
             self.actor_model.to(self.device)
             self.opt, _, _ = make_optimizer(self.actor_model, cfg)
-            if self.start_iter:
+            if resumed:
                 changed = resume_optimizer(self.opt, ck["optimizer"], cfg)
                 if rank == roles.actor.ranks[0]:
                     log(f"resumed from {resume} at iteration {self.start_iter}"
