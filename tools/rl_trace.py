@@ -4,11 +4,12 @@
         --checkpoint runs/rl_mt10/flow_sde_bc03/checkpoint.pt --task drawer-open-v3 --episodes 20
 
 Runs ``--episodes`` episodes of ``--task`` in this process, one env slot each, on the config's held-out variations
-(``train.eval_variation_seed``, seeded from ``train.eval_seed``) with the ODE sampler (noise seeded from the same seed), as ``hetero rl
-eval`` does, though not the same draws of variations. Prints per episode: success, steps, the object's start position
-(``obs[4:7]``), the goal (``obs[36:39]``), and the tool centre point and object at the end; then the success rate
-over the episodes whose object starts left and right of the median x. The last line is JSON with every row. A
-policy that fails one side of the workspace has a gap in spatial coverage, not in the skill.
+(``train.eval_variation_seed``, seeded from ``train.eval_seed``) with the ODE sampler (its starting noise seeded
+from the same seed), as ``hetero rl eval`` does, though not the same draws of variations. Prints per episode:
+success, steps, the object's start position (``obs[4:7]``), the goal (``obs[36:39]``), and the tool centre point and
+object at the end; then the success rate over the episodes whose object starts left and right of the median x. The
+last line is JSON with every row. A policy that fails one side of the workspace has a gap in spatial coverage, not
+in the skill. State policies only (no cameras).
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.episodes < 2:
         raise ConfigError("--episodes", "must be >= 2")
     model, _ = load_checkpoint(a.checkpoint)
+    if model.cfg.num_cameras:
+        raise ConfigError("--checkpoint", f"the policy reads {model.cfg.num_cameras} camera(s); this tool runs state only")
     env_cfg = dataclasses.replace(cfg.env, variation_seed=cfg.train.eval_variation_seed)
     rows = trace_episodes(model, env_cfg, a.task, episodes=a.episodes, seed=cfg.train.eval_seed, sampler=cfg.sampler)
     for r in rows:
