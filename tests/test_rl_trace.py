@@ -17,7 +17,13 @@ def test_splits_success_at_the_median_start_x():
     split = rl_trace.split_by_x(rows)
     assert split["median_x"] == pytest.approx(0.005)
     assert split["left"] == {"episodes": 3, "success_rate": pytest.approx(1 / 3)}
-    assert split["right"] == {"episodes": 3, "success_rate": 1.0}
+    assert split["right"] == {"episodes": 3, "success_rate": 1.0} and split["by"] == "object_start"
+    for r, gx in zip(rows, [0.1, 0.2, 0.3, -0.1, -0.2, -0.3]):
+        r["goal"] = [gx, 0.8, 0.2]
+    by_goal = rl_trace.split_by_x(rows, "goal")
+    assert by_goal["median_x"] == pytest.approx(0.0) and by_goal["by"] == "goal"
+    assert by_goal["left"] == {"episodes": 3, "success_rate": 1.0}
+    assert by_goal["right"] == {"episodes": 3, "success_rate": pytest.approx(1 / 3)}
 
 
 def test_traces_one_row_per_episode_with_start_goal_and_end():

@@ -7,9 +7,9 @@ Runs ``--episodes`` episodes of ``--task`` in this process, one env slot each, o
 (``train.eval_variation_seed``, seeded from ``train.eval_seed``) with the ODE sampler (its starting noise seeded
 from the same seed), as ``hetero rl eval`` does, though not the same draws of variations. Prints per episode:
 success, steps, the object's start position (``obs[4:7]``), the goal (``obs[36:39]``), and the tool centre point and
-object at the end; then the success rate over the episodes whose object starts left and right of the median x. The
-last line is JSON with every row. A policy that fails one side of the workspace has a gap in spatial coverage, not
-in the skill. State policies only (no cameras).
+object at the end; then the success rate over the episodes whose object starts (``--split goal``: whose goal
+lies) left and right of the median x. The last line is JSON with every row. A policy that fails one side of the
+workspace has a gap in spatial coverage, not in the skill. State policies only (no cameras).
 """
 
 from __future__ import annotations
@@ -62,11 +62,12 @@ def trace_episodes(model, env_cfg, task: str, *, episodes: int, seed: int, sampl
     return rows
 
 
-def split_by_x(rows: list[dict]) -> dict:
-    """Success rate of the episodes whose object starts at x below / at or above the median x."""
-    xs = np.array([r["object_start"][0] for r in rows])
+def split_by_x(rows: list[dict], key: str = "object_start") -> dict:
+    """Success rate of the episodes whose ``key`` (``object_start`` or ``goal``) has x below / at or above the
+    median x."""
+    xs = np.array([r[key][0] for r in rows])
     med = float(np.median(xs))
-    out = {"median_x": med}
+    out = {"by": key, "median_x": med}
     for side, sel in (("left", xs < med), ("right", xs >= med)):
         ok = [r["success"] for r, s in zip(rows, sel) if s]
         out[side] = {"episodes": len(ok), "success_rate": float(np.mean(ok)) if ok else None}
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", required=True, help="policy checkpoint (SFT or RL)")
     ap.add_argument("--task", required=True, help="the task to run (one of the config's)")
     ap.add_argument("--episodes", type=int, default=20, help="episodes (each on its own variation draw)")
+    ap.add_argument("--split", choices=["object", "goal"], default="object",
+                    help="split the success rate at the median x of the object's start or of the goal")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -97,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"ep {r['episode']:3d} {'ok  ' if r['success'] else 'FAIL'} steps {r['steps']:3d} object "
               f"{r['object_start']} goal {r['goal']} tcp_end {r['tcp_end']} object_end {r['object_end']}")
-    split = split_by_x(rows)
-    print(f"success {np.mean([r['success'] for r in rows]):.3f}; object x < {split['median_x']:.3f}: "
+    split = split_by_x(rows, "goal" if a.split == "goal" else "object_start")
+    print(f"success {np.mean([r['success'] for r in rows]):.3f}; {a.split} x < {split['median_x']:.3f}: "
           f"{split['left']['success_rate']:.3f} of {split['left']['episodes']}, >=: "
           f"{split['right']['success_rate']:.3f} of {split['right']['episodes']}")
     print(json.dumps({"checkpoint": a.checkpoint, "task": a.task, "split_x": split, "rows": rows}))
