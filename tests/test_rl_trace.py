@@ -24,6 +24,8 @@ def test_splits_success_at_the_median_start_x():
     assert by_goal["median_x"] == pytest.approx(0.0) and by_goal["by"] == "goal"
     assert by_goal["left"] == {"episodes": 3, "success_rate": 1.0}
     assert by_goal["right"] == {"episodes": 3, "success_rate": pytest.approx(1 / 3)}
+    same_x = rl_trace.split_by_x([{"object_start": [0.05, 0.7, 0.1], "success": True}] * 2)
+    assert same_x["left"] == {"episodes": 0, "success_rate": None}  # no side below the median: no rate
 
 
 def test_traces_one_row_per_episode_with_start_goal_and_end():

@@ -26,6 +26,10 @@ from hetero.rl.config import load_config
 from hetero.rl.policy import SamplerConfig, load_checkpoint, sample
 
 
+def _r4(v) -> list[float]:
+    return np.round(np.asarray(v, np.float64), 4).tolist()
+
+
 def trace_episodes(model, env_cfg, task: str, *, episodes: int, seed: int, sampler: SamplerConfig) -> list[dict]:
     """One row per episode of ``task`` (Meta-World, in this process): success, steps, object start, goal, and the
     tool centre point and object position at the end. ``env_cfg`` is a :class:`MetaWorldConfig`."""
@@ -35,31 +39,32 @@ def trace_episodes(model, env_cfg, task: str, *, episodes: int, seed: int, sampl
     envs = MetaWorldSlice(cfg, list(range(episodes)), seed)
     ode = dataclasses.replace(sampler, method="ode")
     gen = torch.Generator().manual_seed(seed)  # the ODE starts from sampled noise
-    rows = []
     model.eval()
-    for j in range(episodes):
-        obs = envs.reset_one(j)
-        start = obs["state"].copy()
-        steps, success, done = 0, False, False
-        while not done:
-            o = {"state": torch.as_tensor(obs["state"])[None], "instruction": [envs.instructions[j]]}
-            with torch.no_grad():
-                chunk = sample(model, o, ode, generator=gen).chain[0, -1, : ode.chunk].numpy()
-            for a in chunk:
-                obs, _, term, trunc, success = envs.step_one(j, np.clip(a, -1.0, 1.0))
-                steps += 1
-                done = bool(success or term or trunc)
-                if done:
-                    break
-        env = envs.envs[j]
-
-        def r4(v) -> list[float]:
-            return np.round(np.asarray(v, np.float64), 4).tolist()
-
-        rows.append({"episode": j, "success": bool(success), "steps": steps,
-                     "object_start": r4(start[4:7]), "goal": r4(start[36:39]),
-                     "tcp_end": r4(env.tcp_center), "object_end": r4(obs["state"][4:7])})
+    try:
+        rows = [_trace_one(model, envs, j, ode, gen) for j in range(episodes)]
+    finally:
+        envs.close()
     return rows
+
+
+def _trace_one(model, envs, j: int, ode: SamplerConfig, gen: torch.Generator) -> dict:
+    """Run slot ``j``'s next episode to its end; its row (see :func:`trace_episodes`)."""
+    obs = envs.reset_one(j)
+    start = obs["state"].copy()
+    steps, success, done = 0, False, False
+    while not done:
+        o = {"state": torch.as_tensor(obs["state"])[None], "instruction": [envs.instructions[j]]}
+        with torch.no_grad():
+            chunk = sample(model, o, ode, generator=gen).chain[0, -1, : ode.chunk].numpy()
+        for a in chunk:
+            obs, _, term, trunc, success = envs.step_one(j, np.clip(a, -1.0, 1.0))
+            steps += 1
+            done = bool(success or term or trunc)
+            if done:
+                break
+    return {"episode": j, "success": bool(success), "steps": steps,
+            "object_start": _r4(start[4:7]), "goal": _r4(start[36:39]),
+            "tcp_end": _r4(envs.envs[j].tcp_center), "object_end": _r4(obs["state"][4:7])}
 
 
 def split_by_x(rows: list[dict], key: str = "object_start") -> dict:
@@ -101,9 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ep {r['episode']:3d} {'ok  ' if r['success'] else 'FAIL'} steps {r['steps']:3d} object "
               f"{r['object_start']} goal {r['goal']} tcp_end {r['tcp_end']} object_end {r['object_end']}")
     split = split_by_x(rows, "goal" if a.split == "goal" else "object_start")
+    def side(d: dict) -> str:  # an empty side (every episode at the median x) has no rate
+        return f"{'n/a' if d['success_rate'] is None else format(d['success_rate'], '.3f')} of {d['episodes']}"
+
     print(f"success {np.mean([r['success'] for r in rows]):.3f}; {a.split} x < {split['median_x']:.3f}: "
-          f"{split['left']['success_rate']:.3f} of {split['left']['episodes']}, >=: "
-          f"{split['right']['success_rate']:.3f} of {split['right']['episodes']}")
+          f"{side(split['left'])}, >=: {side(split['right'])}")
     print(json.dumps({"checkpoint": a.checkpoint, "task": a.task, "split_x": split, "rows": rows}))
     return 0
 
