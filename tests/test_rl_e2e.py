@@ -90,13 +90,20 @@ def test_grpo_and_flow_noise_run(sft_dir, algo, capsys):
         over.update(algo__name="grpo", algo__group_size=4, env__group_size=4, algo__filter_low=None,
                     algo__filter_high=None)
     else:
-        over.update(sampler__method="flow_noise", algo__entropy_bonus=0.005, algo__critic_warmup_iters=0)
+        over.update(sampler__method="flow_noise", algo__entropy_bonus=0.005, algo__critic_warmup_iters=0,
+                    algo__sil_coef=0.3, algo__sil_episodes=4)  # and self-imitation on
     logs = []
     train(_cfg(sft_dir, **over), progress=False, log=logs.append)
     its = [s for s in logs if s.startswith("it=")]
     assert len(its) == 2
     # the policy was updated (non-zero KL or clip statistics are printed per iteration)
     assert any("kl=0.0000" not in s for s in its), its
+    if algo == "flow_noise":  # self-imitation's buffer is logged and checkpointed
+        assert all(" sil_loss=" in s and " sil_eps=" in s for s in its), its
+        ck = torch.load(sft_dir / algo / "checkpoint.pt", map_location="cpu", weights_only=False)
+        assert ck["successes"]["per_task"] == 4
+        kept = [json.loads(x)["sil_episodes"] for x in (sft_dir / algo / "metrics.jsonl").read_text().splitlines()]
+        assert sum(len(v) for v in ck["successes"]["episodes"].values()) == kept[-1] <= 4
     if algo == "flow_noise":  # `hetero rl eval --method`: deterministic ODE by default, or the stochastic sampler
         from hetero.cli import main
 

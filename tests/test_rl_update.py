@@ -78,34 +78,38 @@ def test_per_task_advantage_normalisation_ignores_each_tasks_scale():
     assert gap(run("batch", 1.0), run("batch", 50.0)) > 1e-3
 
 
-def test_bc_anchor_pulls_the_expert_towards_the_demonstrations():
-    """algo.bc_coef: with zero advantages PPO leaves the expert where it is; the demo flow-matching term then moves
-    it so that its loss on the demos falls (and it is logged), and it stays off during the critic warm-up."""
+@pytest.mark.parametrize("anchor", ["bc", "sil"])
+def test_anchor_pulls_the_expert_towards_its_chunks(anchor):
+    """algo.bc_coef (demos, bc_data) and algo.sil_coef (successful rollout chunks, sil_data): with zero advantages
+    PPO leaves the expert where it is; the flow-matching term then moves it so that its loss on the anchor's chunks
+    falls (and it is logged as bc_loss / sil_loss), and it stays off during the critic warm-up."""
     g = torch.Generator().manual_seed(1)
-    demos = {"state": torch.randn(64, 6, generator=g), "actions": torch.rand(64, 4, 3, generator=g) * 2 - 1,
-             "instruction": ["reach the goal"] * 64}
+    chunks = {"state": torch.randn(64, 6, generator=g), "actions": torch.rand(64, 4, 3, generator=g) * 2 - 1,
+              "instruction": ["reach the goal"] * 64}
 
     def fm(model) -> float:
         torch.manual_seed(5)
         with torch.no_grad():
-            return model.fm_loss({"state": demos["state"], "instruction": demos["instruction"]}, demos["actions"]).item()
+            return model.fm_loss({"state": chunks["state"], "instruction": chunks["instruction"]},
+                                 chunks["actions"]).item()
 
     def run(coef: float, warmup: int = 0) -> tuple[dict, float, float]:
-        model, cfg = _model_cfg(bc_coef=coef, bc_batch_size=32, minibatch_size=32, update_epochs=20,
+        model, cfg = _model_cfg(**{f"{anchor}_coef": coef}, bc_batch_size=32, minibatch_size=32, update_epochs=20,
                                 entropy_bonus=0.0, critic_warmup_iters=warmup)
         opt, _, _ = make_optimizer(model, cfg)
         b = _batch(model)
         b["adv"] = torch.zeros_like(b["adv"])
         before = fm(model)
-        stats = ppo_update(model, opt, b, cfg, iteration=1, bc_data=demos)
+        stats = ppo_update(model, opt, b, cfg, iteration=1, **{f"{anchor}_data": chunks})
         return stats, before, fm(model)
 
+    other = {"bc": "sil", "sil": "bc"}[anchor]
     stats, before, after = run(0.0)
-    assert stats["bc_loss"] == 0.0 and abs(after - before) < 1e-6
+    assert stats[f"{anchor}_loss"] == 0.0 and abs(after - before) < 1e-6
     stats, before, after = run(1.0)
-    assert stats["bc_loss"] > 0 and after < 0.9 * before
+    assert stats[f"{anchor}_loss"] > 0 and stats[f"{other}_loss"] == 0.0 and after < 0.9 * before
     stats, before, after = run(1.0, warmup=1)  # iteration 1 is a warm-up iteration: only the value head moves
-    assert stats["bc_loss"] == 0.0 and abs(after - before) < 1e-6
+    assert stats[f"{anchor}_loss"] == 0.0 and abs(after - before) < 1e-6
 
 
 def test_reference_kl_pulls_the_policy_back_to_the_reference(tmp_path):

@@ -190,4 +190,6 @@ def test_launcher_rejects_bad_input_before_starting_ranks(tmp_path, capsys):
     to_plan(rp, samples=16).to_file(plan)
     assert main(["--config", CONFIG, "--plan", str(plan), "--set", "env.num_envs=8"]) == 2
     assert "roles.num_envs: is 4 but the RL config's env.num_envs is 8" in capsys.readouterr().err
+    assert main(["--config", CONFIG, "--plan", str(plan), "--set", "algo.sil_coef=0.3"]) == 2
+    assert "algo.sil_coef: self-imitation runs in the single-process trainer" in capsys.readouterr().err
     assert main(["--config", CONFIG, "--plan", str(tmp_path / "missing.yaml")]) == 2

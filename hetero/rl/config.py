@@ -147,7 +147,12 @@ class AlgoConfig:
     """Weight of a flow-matching loss on the few-shot SFT demonstrations added to every PPO/GRPO minibatch
     (0: off). An anchor against forgetting a task under multi-task interference (DAPG-style; not in piRL)."""
     bc_batch_size: int = 128
-    """Demonstration chunks per minibatch for that loss."""
+    """Demonstration chunks per minibatch for that loss (and rollout chunks for the sil_coef loss)."""
+    sil_coef: float = 0.0
+    """Weight of a flow-matching loss on the chunks of recent successful rollout episodes added to every minibatch
+    (self-imitation; 0: off): an anchor for what RL learned beyond the demos. Single-process trainer only."""
+    sil_episodes: int = 100
+    """Successful episodes kept per task for the sil_coef loss (the newest)."""
     ref_kl_coef: float = 0.0
     """Weight of the KL of the policy's stochastic denoising transitions from the initial checkpoint's (the SFT
     policy), on the rollout's stored chains, added to every minibatch after the critic warm-up (Flow-GRPO's KL
@@ -167,6 +172,8 @@ class AlgoConfig:
         check(self.group_size >= 2, "group_size", "must be >= 2")
         check(self.bc_coef >= 0, "bc_coef", "must be >= 0")
         check(self.bc_batch_size >= 1, "bc_batch_size", "must be >= 1")
+        check(self.sil_coef >= 0, "sil_coef", "must be >= 0")
+        check(self.sil_episodes >= 1, "sil_episodes", "must be >= 1")
         check(self.ref_kl_coef >= 0, "ref_kl_coef", "must be >= 0")
 
     def filter_bounds(self) -> tuple[float, float] | None:

@@ -53,6 +53,9 @@ def load(args) -> tuple:
     if args.out is not None:
         sets.append(f"train.out_dir={args.out}")
     cfg = load_config(args.config, sets)
+    if cfg.algo.sil_coef:
+        raise ConfigError("algo.sil_coef", "self-imitation runs in the single-process trainer (hetero rl train) "
+                          "only; set it to 0 for the RL system")
     plan = Plan.from_file(args.plan)
     if plan.roles is None:
         raise ConfigError(f"{args.plan}: roles", "the plan has no roles (make one with hetero-plan --rl)")

@@ -33,6 +33,7 @@ from hetero.rl.envs import make_vec_env
 from hetero.rl.envs.base import episode_metrics
 from hetero.rl.eval import evaluate_config
 from hetero.rl.policy import load_checkpoint, obs_to_torch, sample, save_checkpoint
+from hetero.rl.selfimitation import SuccessBuffer
 from hetero.rl.sft import bc_dataset
 from hetero.rl.update import (
     cat_obs,
@@ -78,17 +79,20 @@ def drop_metrics_after(path: Path, iteration: int) -> int:
 
 
 def save_rl_checkpoint(out: Path, *, model: torch.nn.Module, opt: torch.optim.Optimizer, iteration: int,
-                       cfg: RLConfig, history: list | None = None) -> bool:
+                       cfg: RLConfig, history: list | None = None, successes: SuccessBuffer | None = None) -> bool:
     """At the iterations ``train`` asks for (every ``checkpoint_every``, every ``keep_every`` and the last), write
     ``out/checkpoint.pt`` (model, optimizer, iteration, evaluation history, config: what a resumed run and ``hetero
-    rl eval`` read) and at every ``keep_every`` also a ``checkpoint_it<N>.pt`` copy; returns whether it wrote."""
+    rl eval`` read; ``successes``: the self-imitation episodes) and at every ``keep_every`` also a
+    ``checkpoint_it<N>.pt`` copy; returns whether it wrote."""
     tc = cfg.train
     keep = bool(tc.keep_every) and iteration % tc.keep_every == 0
     if not (keep or iteration % tc.checkpoint_every == 0 or iteration == tc.iterations):
         return False
     path = out / "checkpoint.pt"
-    save_checkpoint(path, model=model, extra={"optimizer": opt.state_dict(), "iteration": iteration,
-                                              "history": history or [], "config": to_dict(cfg)})
+    extra = {"optimizer": opt.state_dict(), "iteration": iteration, "history": history or [], "config": to_dict(cfg)}
+    if successes is not None:
+        extra["successes"] = successes.state_dict()
+    save_checkpoint(path, model=model, extra=extra)
     if keep:
         shutil.copyfile(path, out / f"checkpoint_it{iteration}.pt")
     return True
@@ -123,8 +127,11 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
     gen = torch.Generator(device=dev).manual_seed(tc.seed * 1000 + start_iter)
     bc_data = bc_dataset(cfg)  # few-shot demos for the algo.bc_coef anchor (None when off)
     ref = reference_policy(cfg, dev)  # the SFT policy for the algo.ref_kl_coef penalty (None when off)
-    env = make_vec_env(cfg.env)
     n_env = cfg.env.num_envs
+    successes = SuccessBuffer(num_envs=n_env, per_task=ac.sil_episodes) if ac.sil_coef else None  # self-imitation
+    if successes is not None and resumed and "successes" in ck:
+        successes.load_state_dict(ck["successes"])
+    env = make_vec_env(cfg.env)
 
     def run_eval(it: int) -> dict:
         ev = evaluate_config(model, cfg.env, sc, episodes=tc.eval_episodes, seed=tc.eval_seed,
@@ -154,6 +161,8 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
             T = cfg.chunk_steps()
             if ac.name == "grpo":  # every group starts from one shared reset state; one episode per env
                 obs = env.reset(seed=tc.seed * 7919 + it)
+                if successes is not None:
+                    successes.drop_running()
             model.eval()
             buf_obs, chains, inds, logps, values = [], [], [], [], []
             rewards = torch.zeros(T, n_env)
@@ -183,6 +192,9 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
                 values.append(s.value.cpu())
                 episodes += res.episodes  # a crashed worker's episodes never arrive here
                 discarded[t] = torch.as_tensor(res.discarded)
+                if successes is not None:
+                    successes.add(o, s.actions.clamp(-1.0, 1.0), done=res.done, success=res.success,
+                                  discarded=res.discarded)
                 obs = res.obs
             values_t = torch.stack(values)
             # ---- 2. advantages ------------------------------------------------------------------------------
@@ -203,7 +215,8 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
             batch = {"obs": cat_obs(buf_obs), "chain": torch.cat(chains), "denoise_ind": torch.cat(inds),
                      "logp": torch.cat(logps), "value": values_t.reshape(-1), "adv": adv.reshape(-1),
                      "ret": ret.reshape(-1), "mask": mask.reshape(-1)}
-            st = ppo_update(model, opt, batch, cfg, iteration=it, device=dev, bc_data=bc_data, ref=ref)
+            st = ppo_update(model, opt, batch, cfg, iteration=it, device=dev, bc_data=bc_data, ref=ref,
+                            sil_data=successes.dataset() if successes is not None else None)
             # ---- 4. metrics, eval, checkpoint ---------------------------------------------------------------
             wall = time.time() - t_iter
             total_env_steps += env_steps
@@ -211,13 +224,15 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
                    "env_steps_per_s": env_steps / wall, "policy_steps_per_s": T * n_env / max(t_policy, 1e-9),
                    "kl": st["kl"], "clip_fraction": st["clip_fraction"], "pg_loss": st["pg_loss"],
                    "v_loss": st["v_loss"], "entropy": st["entropy"], "bc_loss": st["bc_loss"], "ref_kl": st["ref_kl"],
+                   "sil_loss": st["sil_loss"], "sil_episodes": sum(successes.counts().values()) if successes else 0,
                    "samples": st["samples"],
                    "warmup": st["warmup"], "iter_s": wall,
                    "restarts": env.restarts}
             sr = "-" if rec["success_rate"] is None else f"{rec['success_rate']:.3f}"
             rt = "-" if rec["return"] is None else f"{rec['return']:.3f}"
             anchors = (f" bc_loss={rec['bc_loss']:.4f}" if ac.bc_coef else "") + (
-                f" ref_kl={rec['ref_kl']:.3f}" if ac.ref_kl_coef else "")
+                f" ref_kl={rec['ref_kl']:.3f}" if ac.ref_kl_coef else "") + (
+                f" sil_loss={rec['sil_loss']:.4f} sil_eps={rec['sil_episodes']}" if ac.sil_coef else "")
             log(f"it={it} success={sr} return={rt} eps={len(episodes)} env_sps={rec['env_steps_per_s']:.0f} "
                 f"policy_sps={rec['policy_steps_per_s']:.0f} kl={rec['kl']:.4f} clipfrac={rec['clip_fraction']:.3f} "
                 f"v_loss={rec['v_loss']:.4f}{anchors} samples={rec['samples']} t={wall:.1f}s")
@@ -229,7 +244,7 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
                         writer.add_scalar(f"train/{k}", v, it)
             if tc.eval_every and (it % tc.eval_every == 0 or it == tc.iterations):
                 run_eval(it)
-            save_rl_checkpoint(out, model=model, opt=opt, iteration=it, cfg=cfg, history=history)
+            save_rl_checkpoint(out, model=model, opt=opt, iteration=it, cfg=cfg, history=history, successes=successes)
             bar.update(ptask, advance=1)
     env.close()
     metrics_file.close()

@@ -80,7 +80,7 @@ def resume_optimizer(opt: torch.optim.Optimizer, state: dict, cfg: RLConfig) -> 
 
 def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device: str = "cpu",
                shard: tuple[int, int, dist.ProcessGroup | None] | None = None, emulator=None,
-               bc_data: dict | None = None, ref: VLAPolicy | None = None) -> dict:
+               bc_data: dict | None = None, sil_data: dict | None = None, ref: VLAPolicy | None = None) -> dict:
     """PPO epochs over a flat batch of N samples (the trainer's update step): ``batch`` holds ``obs`` (state
     ``[N, S]``, instruction list, images), ``chain [N, K+1, H, A]``, ``denoise_ind [N]``, ``logp [N]``, ``value [N]``,
     ``adv [N]``, ``ret [N]`` and optionally ``mask [N]`` (bool). ``shard = (index, count, group)`` splits every
@@ -90,7 +90,9 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
     sample count, the optimizer steps taken and the seconds spent in compute (forward + backward + optimizer step,
     padded where emulated) and in the gradient all-reduce. ``bc_data`` (:func:`hetero.rl.sft.bc_dataset`) adds
     ``algo.bc_coef`` x the flow-matching loss of ``algo.bc_batch_size`` demo chunks to every minibatch (after the
-    critic warm-up; on several actor ranks each adds it, weighted like its PPO shard, so the sum is one term).
+    critic warm-up; on several actor ranks each adds it, weighted like its PPO shard, so the sum is one term);
+    ``sil_data`` (:meth:`hetero.rl.selfimitation.SuccessBuffer.dataset`) likewise adds ``algo.sil_coef`` x that loss
+    on successful rollout chunks, logged as ``sil_loss``.
     ``ref`` (:func:`reference_policy`) adds ``algo.ref_kl_coef`` x the mean KL of the minibatch's transitions from
     ``ref``'s (after the warm-up too), logged as ``ref_kl``."""
     ac, sc, tc = cfg.algo, cfg.sampler, cfg.train
@@ -105,8 +107,10 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
     policy_ids = {id(p) for p in opt.param_groups[0]["params"]}  # make_optimizer's policy group
     params = [p for g in opt.param_groups for p in g["params"]]
     model.train()
-    stats = {"pg_loss": [], "v_loss": [], "kl": [], "clipfrac": [], "entropy": [], "bc_loss": [], "ref_kl": []}
+    stats = {"pg_loss": [], "v_loss": [], "kl": [], "clipfrac": [], "entropy": [], "bc_loss": [], "sil_loss": [],
+             "ref_kl": []}
     use_bc = bc_data is not None and ac.bc_coef > 0 and not warmup
+    use_sil = sil_data is not None and ac.sil_coef > 0 and not warmup
     use_ref = ref is not None and ac.ref_kl_coef > 0 and not warmup
     perm_gen = torch.Generator().manual_seed(tc.seed * 31 + iteration)
     stop = False
@@ -147,6 +151,10 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
                         bc = _bc_loss(model, bc_data, ac.bc_batch_size, perm_gen, device)
                         loss = loss + ac.bc_coef * bc
                         stats["bc_loss"].append(bc.item())
+                    if use_sil:
+                        sil = _bc_loss(model, sil_data, ac.bc_batch_size, perm_gen, device)
+                        loss = loss + ac.sil_coef * sil
+                        stats["sil_loss"].append(sil.item())
                     if use_ref:
                         loss = loss + ac.ref_kl_coef * ref_kl.mean()
                         stats["ref_kl"].append(ref_kl.mean().item())
@@ -184,7 +192,7 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
 
     return {"pg_loss": mean("pg_loss"), "v_loss": mean("v_loss"), "kl": mean("kl"),
             "clip_fraction": mean("clipfrac"), "entropy": mean("entropy"), "bc_loss": mean("bc_loss"),
-            "ref_kl": mean("ref_kl"),
+            "sil_loss": mean("sil_loss"), "ref_kl": mean("ref_kl"),
             "samples": int(len(sel_all)),
             "warmup": warmup, "update_steps": steps, "update_compute_s": t_compute, "update_comm_s": t_comm}
 
