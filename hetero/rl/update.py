@@ -211,7 +211,10 @@ def _bc_loss(model, data: dict, batch_size: int, gen: torch.Generator, device: s
     """Flow-matching loss on ``batch_size`` chunks drawn from the demo dataset ``data`` (state ``[M, S]``, actions
     ``[M, H, A]``, images, instruction)."""
     idx = torch.randint(0, data["state"].shape[0], (batch_size,), generator=gen)
-    return model.fm_loss(*demo_batch(data, idx, device))
+    # the flow-matching noise and times from ``gen`` too (on ``device``): the global RNG would make runs with the
+    # same seed differ (it was used here until the twenty-second session)
+    noise_gen = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+    return model.fm_loss(*demo_batch(data, idx, device), generator=noise_gen)
 
 
 def _allreduce_grads(params, vals, w, group, device) -> list[float]:
