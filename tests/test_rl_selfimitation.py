@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hetero.rl.selfimitation import SuccessBuffer
+from hetero.rl.selfimitation import HindsightGoal, SuccessBuffer
 
 
 def _step(t: int, instr: list[str]) -> tuple[dict, torch.Tensor]:
@@ -77,3 +77,84 @@ def test_empty_buffer_reset_and_bad_input():
                 discarded=np.zeros(3, bool))
     with pytest.raises(ValueError, match="per_task must be >= 1"):
         SuccessBuffer(num_envs=2, per_task=0)
+
+
+REACH = HindsightGoal(goal=(4, 6), achieved=(0, 2), offset=(0.0, -1.0), radius=0.5)  # toy 6-dim state, 2-D goal
+
+
+def _hand(t: int, i: int, goal=(9.0, 9.0)) -> list[float]:
+    """Env ``i`` at chunk step ``t``: hand moves +1 in x per step from (i, 1); entries 2:4 are filler."""
+    return [float(i + t), 1.0, 7.0, 7.0, *goal]
+
+
+def test_relabel_sets_the_goal_to_where_it_ended_and_cuts_at_the_first_arrival():
+    ep = {"state": torch.tensor([_hand(t, 0) for t in range(4)]), "actions": torch.arange(4.0).reshape(4, 1, 1),
+          "instruction": "reach"}
+    final = torch.tensor([2.2, 1.0, 7.0, 7.0, 9.0, 9.0])  # it went to x=3.0, then back to 2.2: ended at (2.2, 0)
+    out = REACH.relabel(ep, final)
+    # chunk ends: rows 1, 2, 3, final -> achieved x 1, 2, 3, 2.2 (y 0); within 0.5 of (2.2, 0) first at row 1's end
+    assert out["state"].shape[0] == 2 and out["actions"][:, 0, 0].tolist() == [0.0, 1.0]
+    assert torch.allclose(out["state"][:, 4:6], torch.tensor([[2.2, 0.0], [2.2, 0.0]]))
+    assert out["state"][:, :4].tolist() == ep["state"][:2, :4].tolist() and out["instruction"] == "reach"
+    assert ep["state"][0, 4].item() == 9.0  # the input episode is not modified
+
+
+def test_hindsight_keeps_failed_episodes_of_its_tasks_only_and_never_crashed_ones():
+    buf = SuccessBuffer(num_envs=3, per_task=5, hindsight={"reach": REACH})
+    instr = ["reach", "push", "reach"]
+    for t in range(3):  # all three envs end at step 2 without success; env 2's worker crashed
+        obs = {"state": torch.tensor([_hand(t, i) for i in range(3)]), "instruction": instr}
+        act = torch.full((3, 1, 1), float(t))
+        end = t == 2
+        final = torch.tensor([_hand(3, i) for i in range(3)]) if end else None
+        kept = buf.add(obs, act, done=np.full(3, end), success=np.zeros(3, bool),
+                       discarded=np.array([False, False, end]), final_state=final)
+    assert kept == 1 and buf.relabelled == 1 and buf.counts() == {"reach": 1}
+    data = buf.dataset()
+    assert data["state"][:, 4:6].tolist() == [[3.0, 0.0]] * 3  # env 0 ended at hand (3, 1) -> goal (3, 0)
+    again = SuccessBuffer(num_envs=3, per_task=5, hindsight={"reach": REACH})
+    again.load_state_dict(buf.state_dict())
+    assert again.relabelled == 1 and torch.equal(again.dataset()["state"], data["state"])
+    with pytest.raises(ValueError, match="needs final_state"):
+        buf.add({"state": torch.zeros(3, 6), "instruction": instr}, torch.zeros(3, 1, 1), done=np.ones(3, bool),
+                success=np.zeros(3, bool), discarded=np.zeros(3, bool))
+
+
+def test_hindsight_config_names_what_it_cannot_relabel():
+    from hetero.config import ConfigError
+    from hetero.rl.config import load_config
+
+    base = "examples/rl/metaworld_mt10_flow_sde.yaml"
+    assert load_config(base, ["algo.sil_coef=0.3", "algo.sil_hindsight=[reach-v3]"]).algo.sil_hindsight == ["reach-v3"]
+    with pytest.raises(ConfigError, match=r"^algo\.sil_hindsight: needs sil_coef > 0"):
+        load_config(base, ["algo.sil_hindsight=[reach-v3]"])
+    with pytest.raises(ConfigError, match=r"no hindsight relabelling for 'push-v3'; known: \['reach-v3'\]"):
+        load_config(base, ["algo.sil_coef=0.3", "algo.sil_hindsight=[push-v3]"])
+    with pytest.raises(ConfigError, match="'reach-v3' is not one of the env's tasks"):
+        load_config(base, ["algo.sil_coef=0.3", "algo.sil_hindsight=[reach-v3]", "env.tasks=[push-v3]"])
+    with pytest.raises(ConfigError, match="camera images would still show the old goal"):
+        load_config(base, ["algo.sil_coef=0.3", "algo.sil_hindsight=[reach-v3]", "env.num_cameras=1"])
+
+
+def test_meta_world_reach_relabelling_matches_the_env_success_test():
+    """The relabelled goal is where the env's success test (fingertip centre within 0.05 m) puts the hand: set it
+    as the env's target and the env reports success at the episode's last state."""
+    metaworld = pytest.importorskip("metaworld", reason="metaworld not installed: pip install -e .[rl]")
+    from hetero.rl.envs.metaworld import HINDSIGHT_GOALS
+
+    hs = HINDSIGHT_GOALS["reach-v3"]
+    mt = metaworld.MT1("reach-v3", seed=0)
+    env = mt.train_classes["reach-v3"]()
+    env.set_task(mt.train_tasks[0])
+    state, _ = env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        state, *_ = env.step(rng.uniform(-1, 1, 4).astype(np.float32))
+    s = torch.as_tensor(state, dtype=torch.float32)
+    goal = hs.reached(s)
+    assert torch.allclose(torch.as_tensor(state[36:39], dtype=torch.float32), torch.as_tensor(env._target_pos, dtype=torch.float32))
+    assert (goal - torch.as_tensor(env.tcp_center, dtype=torch.float32)).norm() < 2e-3
+    env._target_pos = goal.double().numpy()
+    assert env.evaluate_state(state, np.zeros(4))[1]["success"] == 1.0
+    env._target_pos = (goal + torch.tensor([0.0, 0.0, 0.06])).double().numpy()  # beyond the radius: no success
+    assert env.evaluate_state(state, np.zeros(4))[1]["success"] == 0.0

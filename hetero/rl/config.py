@@ -20,7 +20,7 @@ from hetero.config import ConfigError, build, check, load_yaml
 from hetero.models.vla import VLAConfig
 from hetero.rl.envs.libero import LiberoConfig
 from hetero.rl.envs.maniskill import ManiSkillConfig
-from hetero.rl.envs.metaworld import MetaWorldConfig
+from hetero.rl.envs.metaworld import MetaWorldConfig, hindsight_goals
 from hetero.rl.policy import SamplerConfig
 
 
@@ -153,6 +153,9 @@ class AlgoConfig:
     (self-imitation; 0: off): an anchor for what RL learned beyond the demos. Single-process trainer only."""
     sil_episodes: int = 100
     """Successful episodes kept per task for the sil_coef loss (the newest)."""
+    sil_hindsight: list[str] = field(default_factory=list)
+    """Tasks whose failed episodes also enter the sil_coef loss, relabelled as successes for the goal they reached
+    (hindsight; Meta-World state-only tasks whose goal is an end-effector position: reach-v3)."""
     ref_kl_coef: float = 0.0
     """Weight of the KL of the policy's stochastic denoising transitions from the initial checkpoint's (the SFT
     policy), on the rollout's stored chains, added to every minibatch after the critic warm-up (Flow-GRPO's KL
@@ -174,6 +177,7 @@ class AlgoConfig:
         check(self.bc_batch_size >= 1, "bc_batch_size", "must be >= 1")
         check(self.sil_coef >= 0, "sil_coef", "must be >= 0")
         check(self.sil_episodes >= 1, "sil_episodes", "must be >= 1")
+        check(not self.sil_hindsight or self.sil_coef > 0, "sil_hindsight", "needs sil_coef > 0 (it feeds that loss)")
         check(self.ref_kl_coef >= 0, "ref_kl_coef", "must be >= 0")
 
     def filter_bounds(self) -> tuple[float, float] | None:
@@ -253,6 +257,11 @@ class RLConfig:
         check(isinstance(self.env, env_cls), "env",
               f"benchmark {self.benchmark} needs a {env_cls.__name__}, got {type(self.env).__name__}")
         check(self.sampler.chunk <= self.policy.horizon, "sampler.chunk", "must be <= policy.horizon")
+        if self.algo.sil_hindsight:
+            check(self.benchmark == "metaworld", "algo.sil_hindsight", "is defined for Meta-World tasks only")
+            check(self.env.num_cameras == 0, "algo.sil_hindsight",
+                  "relabels the goal in the state only; the camera images would still show the old goal")
+            hindsight_goals(self.algo.sil_hindsight, self.env.task_list())  # raises for a task it cannot relabel
         if self.algo.name == "grpo":
             check(self.env.group_size == self.algo.group_size, "env.group_size",
                   f"must equal algo.group_size={self.algo.group_size} for GRPO")

@@ -7,14 +7,54 @@ executed action chunk) rows of its last ``algo.sil_episodes`` successful rollout
 the flow-matching loss on ``algo.bc_batch_size`` of them to every minibatch: self-imitation learning (Oh et al.,
 2018) in its filtered-behaviour-cloning form. Episodes of a crashed env worker never enter.
 
+Hindsight (``algo.sil_hindsight``, tasks whose goal is a position in the state): a failed episode of such a task
+is kept too, relabelled as a success for the goal it did reach: the goal entries of its states are replaced by
+where the end effector ended (:class:`HindsightGoal`), and the episode is cut after the first chunk that ends
+within the success radius of that goal, as the env would have ended it there. This is goal-conditioned
+supervised learning (hindsight relabelling, Andrychowicz et al., 2017; Ghosh et al., 2019): it teaches the goal
+conditioning a task's few demonstrations do not, from every episode rather than the rare successes.
+
 Tests: ``python -m pytest -q tests/test_rl_selfimitation.py``.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
 import torch
+
+
+@dataclass(frozen=True, kw_only=True)
+class HindsightGoal:
+    """Where a task's goal and its achieved counterpart sit in the state vector, for hindsight relabelling."""
+
+    goal: tuple[int, int]
+    """State entries [start, stop) holding the goal position."""
+    achieved: tuple[int, int]
+    """State entries [start, stop) from which the achieved position is read."""
+    offset: tuple[float, ...]
+    """Added to the achieved entries to give the position success is judged on (e.g. hand -> fingertip centre)."""
+    radius: float
+    """Success when the achieved position is within this distance of the goal."""
+
+    def reached(self, state: torch.Tensor) -> torch.Tensor:
+        """Achieved position ``[..., G]`` of states ``[..., S]``."""
+        a0, a1 = self.achieved
+        return state[..., a0:a1] + torch.tensor(self.offset, dtype=state.dtype)
+
+    def relabel(self, ep: dict, final_state: torch.Tensor) -> dict:
+        """A failed episode (stacked rows: state ``[L, S]``, actions ``[L, H, A]``, ...) and the state it ended in
+        ``[S]`` -> the episode as a success for the goal it reached: goal entries set to the final achieved
+        position, cut after the first chunk whose end state is within ``radius`` of it."""
+        goal = self.reached(final_state)
+        ends = torch.cat([ep["state"][1:], final_state[None]])  # the state after each row's chunk  [L, S]
+        near = (self.reached(ends) - goal).norm(dim=-1) <= self.radius
+        length = int(near.nonzero()[0, 0]) + 1  # the last row is always near: it ends where the goal is
+        out = {k: (v[:length] if k != "instruction" else v) for k, v in ep.items()}
+        out["state"] = out["state"].clone()
+        out["state"][:, self.goal[0]:self.goal[1]] = goal
+        return out
 
 
 class SuccessBuffer:
@@ -24,17 +64,21 @@ class SuccessBuffer:
     from and the chunk the envs executed; rows of an episode wait per env until it ends and are kept only if it
     ended in success. :meth:`dataset` gives the kept rows in :func:`hetero.rl.sft.make_dataset`'s format."""
 
-    def __init__(self, *, num_envs: int, per_task: int):
+    def __init__(self, *, num_envs: int, per_task: int, hindsight: dict[str, HindsightGoal] | None = None):
         if per_task < 1:
             raise ValueError(f"per_task must be >= 1, got {per_task}")
         self.per_task = per_task
+        self.hindsight = dict(hindsight or {})  # instruction -> relabelling of its failed episodes
+        self.relabelled = 0  # failed episodes kept as hindsight successes, over the run
         self.pending: list[list[dict]] = [[] for _ in range(num_envs)]  # rows of each env's running episode
         self.episodes: dict[str, deque[dict]] = {}  # instruction -> its last successful episodes (stacked rows)
 
-    def add(self, obs: dict, actions: torch.Tensor, *, done, success, discarded) -> int:
+    def add(self, obs: dict, actions: torch.Tensor, *, done, success, discarded, final_state=None) -> int:
         """One chunk step: ``obs`` (state ``[N, S]``, instruction list, images ``[N, C, 3, h, w]`` where given) as
         sampled from, ``actions [N, H, A]`` as executed, and the step's ``done``, ``success`` and ``discarded``
-        ``[N]`` (:class:`hetero.rl.envs.base.ChunkResult`). Returns the number of successful episodes it kept."""
+        ``[N]`` and ``final_state`` ``[N, S]`` (the state finished episodes ended in; needed with hindsight)
+        (:class:`hetero.rl.envs.base.ChunkResult`). Returns the number of episodes it kept (relabelled ones
+        included)."""
         n = len(self.pending)
         if actions.shape[0] != n or obs["state"].shape[0] != n:
             raise ValueError(f"expected {n} envs, got actions {tuple(actions.shape)}, state {tuple(obs['state'].shape)}")
@@ -45,8 +89,17 @@ class SuccessBuffer:
                 row["images"] = obs["images"][i].cpu()
             self.pending[i].append(row)
             if bool(done[i]):
-                if bool(success[i]) and not bool(discarded[i]):
+                ep, hs = None, self.hindsight.get(row["instruction"])
+                if bool(discarded[i]):
+                    pass
+                elif bool(success[i]):
                     ep = _stack(self.pending[i])
+                elif hs is not None:
+                    if final_state is None:
+                        raise ValueError("hindsight relabelling needs final_state (ChunkResult.final_obs['state'])")
+                    ep = hs.relabel(_stack(self.pending[i]), torch.as_tensor(final_state[i]).float().cpu())
+                    self.relabelled += 1
+                if ep is not None:
                     self.episodes.setdefault(ep["instruction"], deque(maxlen=self.per_task)).append(ep)
                     kept += 1
                 self.pending[i] = []
@@ -72,11 +125,13 @@ class SuccessBuffer:
 
     def state_dict(self) -> dict:
         """The kept episodes (not the running ones: a resumed run resets its envs), for a checkpoint."""
-        return {"per_task": self.per_task, "episodes": {k: list(v) for k, v in self.episodes.items()}}
+        return {"per_task": self.per_task, "episodes": {k: list(v) for k, v in self.episodes.items()},
+                "relabelled": self.relabelled}
 
     def load_state_dict(self, sd: dict) -> None:
         """Restore :meth:`state_dict`'s episodes (the newest ``per_task`` of each task where that shrank)."""
         self.episodes = {k: deque(v, maxlen=self.per_task) for k, v in sd["episodes"].items()}
+        self.relabelled = sd.get("relabelled", 0)
 
 
 def _stack(rows: list[dict]) -> dict:

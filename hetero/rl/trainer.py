@@ -31,6 +31,7 @@ from hetero.rl import algos
 from hetero.rl.config import RLConfig
 from hetero.rl.envs import make_vec_env
 from hetero.rl.envs.base import episode_metrics
+from hetero.rl.envs.metaworld import hindsight_goals
 from hetero.rl.eval import evaluate_config
 from hetero.rl.policy import load_checkpoint, obs_to_torch, sample, save_checkpoint
 from hetero.rl.selfimitation import SuccessBuffer
@@ -128,7 +129,9 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
     bc_data = bc_dataset(cfg)  # few-shot demos for the algo.bc_coef anchor (None when off)
     ref = reference_policy(cfg, dev)  # the SFT policy for the algo.ref_kl_coef penalty (None when off)
     n_env = cfg.env.num_envs
-    successes = SuccessBuffer(num_envs=n_env, per_task=ac.sil_episodes) if ac.sil_coef else None  # self-imitation
+    successes = (SuccessBuffer(num_envs=n_env, per_task=ac.sil_episodes,  # self-imitation
+                               hindsight=hindsight_goals(ac.sil_hindsight, cfg.env.task_list()))
+                 if ac.sil_coef else None)
     if successes is not None and resumed and "successes" in ck:
         successes.load_state_dict(ck["successes"])
     env = make_vec_env(cfg.env)
@@ -194,7 +197,8 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
                 discarded[t] = torch.as_tensor(res.discarded)
                 if successes is not None:
                     successes.add(o, s.actions.clamp(-1.0, 1.0), done=res.done, success=res.success,
-                                  discarded=res.discarded)
+                                  discarded=res.discarded,
+                                  final_state=res.final_obs["state"] if res.final_obs is not None else None)
                 obs = res.obs
             values_t = torch.stack(values)
             # ---- 2. advantages ------------------------------------------------------------------------------
@@ -225,6 +229,7 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
                    "kl": st["kl"], "clip_fraction": st["clip_fraction"], "pg_loss": st["pg_loss"],
                    "v_loss": st["v_loss"], "entropy": st["entropy"], "bc_loss": st["bc_loss"], "ref_kl": st["ref_kl"],
                    "sil_loss": st["sil_loss"], "sil_episodes": sum(successes.counts().values()) if successes else 0,
+                   "sil_relabelled": successes.relabelled if successes else 0,
                    "samples": st["samples"],
                    "warmup": st["warmup"], "iter_s": wall,
                    "restarts": env.restarts}
@@ -232,7 +237,8 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
             rt = "-" if rec["return"] is None else f"{rec['return']:.3f}"
             anchors = (f" bc_loss={rec['bc_loss']:.4f}" if ac.bc_coef else "") + (
                 f" ref_kl={rec['ref_kl']:.3f}" if ac.ref_kl_coef else "") + (
-                f" sil_loss={rec['sil_loss']:.4f} sil_eps={rec['sil_episodes']}" if ac.sil_coef else "")
+                f" sil_loss={rec['sil_loss']:.4f} sil_eps={rec['sil_episodes']}" if ac.sil_coef else "") + (
+                f" relabelled={rec['sil_relabelled']}" if ac.sil_hindsight else "")
             log(f"it={it} success={sr} return={rt} eps={len(episodes)} env_sps={rec['env_steps_per_s']:.0f} "
                 f"policy_sps={rec['policy_steps_per_s']:.0f} kl={rec['kl']:.4f} clipfrac={rec['clip_fraction']:.3f} "
                 f"v_loss={rec['v_loss']:.4f}{anchors} samples={rec['samples']} t={wall:.1f}s")

@@ -27,6 +27,7 @@ import numpy as np
 
 from hetero.config import ConfigError, check
 from hetero.rl.envs.base import ChunkVecEnv, EnvSlice, SliceFactory, step_reward
+from hetero.rl.selfimitation import HindsightGoal
 
 MT10 = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
         "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"]
@@ -43,6 +44,24 @@ INSTRUCTIONS = {
     "window-open-v3": "slide the window open",
     "window-close-v3": "slide the window closed",
 }
+
+
+# Hindsight relabelling (algo.sil_hindsight): tasks whose goal is where the fingertips must go. The state is
+# [hand xyz, gripper, object xyz + quat, second object xyz + quat] for this and the previous frame, then the goal
+# xyz at 36:39; success is judged on the fingers' centre, 0.045 m below the hand (max deviation under 1 mm over
+# random actions) within 0.05 m of the goal (SawyerReachEnvV3.evaluate_state).
+HINDSIGHT_GOALS = {"reach-v3": HindsightGoal(goal=(36, 39), achieved=(0, 3), offset=(0.0, 0.0, -0.045), radius=0.05)}
+
+
+def hindsight_goals(tasks: list[str], env_tasks: list[str]) -> dict[str, HindsightGoal]:
+    """Instruction -> relabelling for ``tasks`` (``algo.sil_hindsight``); each must be one the env runs and one
+    :data:`HINDSIGHT_GOALS` knows."""
+    for t in tasks:
+        if t not in HINDSIGHT_GOALS:
+            raise ConfigError("algo.sil_hindsight", f"no hindsight relabelling for {t!r}; known: {sorted(HINDSIGHT_GOALS)}")
+        if t not in env_tasks:
+            raise ConfigError("algo.sil_hindsight", f"{t!r} is not one of the env's tasks ({', '.join(env_tasks)})")
+    return {instruction(t): HINDSIGHT_GOALS[t] for t in tasks}
 
 
 def all_tasks() -> list[str]:
