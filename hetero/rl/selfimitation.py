@@ -62,7 +62,7 @@ class SuccessBuffer:
 
     Call :meth:`add` once per chunk step of the rollout, in order, with the observation the chunk was sampled
     from and the chunk the envs executed; rows of an episode wait per env until it ends and are kept only if it
-    ended in success. :meth:`dataset` gives the kept rows in :func:`hetero.rl.sft.make_dataset`'s format."""
+    ended in success, or, for a task in ``hindsight``, relabelled when it failed. :meth:`dataset` gives the kept rows in :func:`hetero.rl.sft.make_dataset`'s format."""
 
     def __init__(self, *, num_envs: int, per_task: int, hindsight: dict[str, HindsightGoal] | None = None):
         if per_task < 1:
@@ -71,7 +71,7 @@ class SuccessBuffer:
         self.hindsight = dict(hindsight or {})  # instruction -> relabelling of its failed episodes
         self.relabelled = 0  # failed episodes kept as hindsight successes, over the run
         self.pending: list[list[dict]] = [[] for _ in range(num_envs)]  # rows of each env's running episode
-        self.episodes: dict[str, deque[dict]] = {}  # instruction -> its last successful episodes (stacked rows)
+        self.episodes: dict[str, deque[dict]] = {}  # instruction -> its last kept episodes (stacked rows)
 
     def add(self, obs: dict, actions: torch.Tensor, *, done, success, discarded, final_state=None) -> int:
         """One chunk step: ``obs`` (state ``[N, S]``, instruction list, images ``[N, C, 3, h, w]`` where given) as

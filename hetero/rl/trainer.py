@@ -130,7 +130,8 @@ def train(cfg: RLConfig, *, progress: bool = True, log=print) -> dict:
     ref = reference_policy(cfg, dev)  # the SFT policy for the algo.ref_kl_coef penalty (None when off)
     n_env = cfg.env.num_envs
     successes = (SuccessBuffer(num_envs=n_env, per_task=ac.sil_episodes,  # self-imitation
-                               hindsight=hindsight_goals(ac.sil_hindsight, cfg.env.task_list()))
+                               hindsight=hindsight_goals(ac.sil_hindsight, cfg.env.task_list())
+                               if ac.sil_hindsight else None)
                  if ac.sil_coef else None)
     if successes is not None and resumed and "successes" in ck:
         successes.load_state_dict(ck["successes"])
