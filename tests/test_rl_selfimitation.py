@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hetero.rl.selfimitation import HindsightGoal, SuccessBuffer
+from hetero.rl.selfimitation import Distractor, HindsightGoal, SuccessBuffer, redraw_distractors
 
 
 def _step(t: int, instr: list[str]) -> tuple[dict, torch.Tensor]:
@@ -158,3 +158,61 @@ def test_meta_world_reach_relabelling_matches_the_env_success_test():
     assert env.evaluate_state(state, np.zeros(4))[1]["success"] == 1.0
     env._target_pos = (goal + torch.tensor([0.0, 0.0, 0.06])).double().numpy()  # beyond the radius: no success
     assert env.evaluate_state(state, np.zeros(4))[1]["success"] == 0.0
+
+
+def test_distractors_are_redrawn_in_their_tasks_rows_only_and_in_every_copy():
+    d = Distractor(entries=((1, 3), (4, 6)), low=(-0.1, 0.6), high=(0.1, 0.7))
+    state = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    obs = {"state": state.clone(), "instruction": ["reach", "push", "reach", "push"]}
+    out = redraw_distractors(obs, {"reach": d}, torch.Generator().manual_seed(0))
+    assert torch.equal(obs["state"], state)  # the caller's rows are not touched
+    assert torch.equal(out["state"][[1, 3]], state[[1, 3]]) and out["instruction"] == obs["instruction"]
+    new = out["state"][[0, 2]]
+    assert torch.equal(new[:, [0, 3]], state[[0, 2]][:, [0, 3]])  # entries outside the distractor's stay
+    assert torch.equal(new[:, 1:3], new[:, 4:6])  # one position, in both copies
+    assert ((new[:, 1] >= -0.1) & (new[:, 1] <= 0.1) & (new[:, 2] >= 0.6) & (new[:, 2] <= 0.7)).all()
+    assert not torch.equal(new[0, 1:3], new[1, 1:3])  # each row draws its own
+    again = redraw_distractors(obs, {"reach": d}, torch.Generator().manual_seed(0))
+    assert torch.equal(again["state"], out["state"])  # the generator decides the draws
+
+
+def test_distractor_config_names_what_it_cannot_redraw():
+    from hetero.config import ConfigError
+    from hetero.rl.config import load_config
+
+    base = "examples/rl/metaworld_mt10_flow_sde.yaml"  # bc_coef 0.3
+    assert load_config(base, ["algo.anchor_distractors=[reach-v3]"]).algo.anchor_distractors == ["reach-v3"]
+    with pytest.raises(ConfigError, match=r"^algo\.anchor_distractors: needs bc_coef > 0 or sil_coef > 0"):
+        load_config(base, ["algo.anchor_distractors=[reach-v3]", "algo.bc_coef=0"])
+    with pytest.raises(ConfigError, match=r"no distractor for 'push-v3'; known: \['reach-v3'\]"):
+        load_config(base, ["algo.anchor_distractors=[push-v3]"])
+    with pytest.raises(ConfigError, match="'reach-v3' is not one of the env's tasks"):
+        load_config(base, ["algo.anchor_distractors=[reach-v3]", "env.tasks=[push-v3]"])
+    with pytest.raises(ConfigError, match="camera images would still show it"):
+        load_config(base, ["algo.anchor_distractors=[reach-v3]", "env.num_cameras=1"])
+
+
+def test_meta_world_reach_puck_is_a_distractor():
+    """The table matches the env: the puck sits at both copies of the entries, is drawn from the table's box, and
+    the scripted expert's action does not depend on it."""
+    metaworld = pytest.importorskip("metaworld", reason="metaworld not installed: pip install -e .[rl]")
+    from metaworld.policies import SawyerReachV3Policy
+
+    from hetero.rl.envs.metaworld import DISTRACTORS
+
+    d = DISTRACTORS["reach-v3"]
+    mt = metaworld.MT1("reach-v3", seed=0)
+    env = mt.train_classes["reach-v3"]()
+    assert np.allclose(env._random_reset_space.low[:3], d.low) and np.allclose(env._random_reset_space.high[:3], d.high)
+    expert = SawyerReachV3Policy()
+    for task in mt.train_tasks[:5]:
+        env.set_task(task)
+        state, _ = env.reset(seed=0)
+        pos = [state[a:b] for a, b in d.entries]
+        assert all(np.allclose(p, pos[0]) for p in pos)
+        assert np.all(pos[0] >= np.array(d.low) - 1e-9) and np.all(pos[0] <= np.array(d.high) + 1e-9)
+        moved = state.copy()
+        for a, b in d.entries:
+            moved[a:b] = np.array(d.high) - (pos[0] - np.array(d.low))  # the puck mirrored in its box
+        assert not np.allclose(moved, state)
+        assert np.array_equal(expert.get_action(moved), expert.get_action(state))

@@ -10,9 +10,9 @@ from hetero.rl.policy import SamplerConfig, replay, sample, save_checkpoint
 from hetero.rl.update import make_optimizer, ppo_update, reference_policy, resume_optimizer
 
 
-def _batch(model: VLAPolicy, n: int = 32) -> dict:
+def _batch(model: VLAPolicy, n: int = 32, state_dim: int = 6) -> dict:
     g = torch.Generator().manual_seed(0)
-    obs = {"state": torch.randn(n, 6, generator=g), "instruction": ["reach the goal"] * n}
+    obs = {"state": torch.randn(n, state_dim, generator=g), "instruction": ["reach the goal"] * n}
     s = sample(model, obs, SamplerConfig(method="flow_sde", num_steps=3, chunk=4), generator=g)
     return {"obs": obs, "chain": s.chain, "denoise_ind": s.denoise_ind, "logp": s.logp, "value": s.value,
             "adv": torch.randn(n, generator=g), "ret": torch.rand(n, generator=g)}
@@ -129,6 +129,46 @@ def test_anchored_update_does_not_depend_on_the_global_rng():
 
     a, b = run(1), run(2)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_anchor_distractors_redraw_the_named_tasks_rows_in_both_anchors(monkeypatch):
+    """algo.anchor_distractors: the flow-matching loss of both anchors sees reach's puck entries (4:7, 22:25)
+    redrawn in reach's rows and every other entry and row as in the data."""
+    pytest.importorskip("metaworld", reason="metaworld not installed: pip install -e .[rl]")  # resolves MT10
+    g = torch.Generator().manual_seed(1)
+    state = torch.randn(64, 39, generator=g)
+    state[:, 0] = torch.arange(64.0)  # each row's id
+    state[:, 22:25] = state[:, 4:7]
+    instr = ["reach the red goal position", "push the puck to the goal"] * 32
+    chunks = {"state": state, "actions": torch.rand(64, 4, 3, generator=g) * 2 - 1, "instruction": instr}
+    torch.manual_seed(0)
+    model = VLAPolicy(VLAConfig(state_dim=39, action_dim=3, horizon=4, text="learned"))
+    cfg = build(RLConfig, {"sampler": {"method": "flow_sde", "num_steps": 3, "chunk": 4}, "policy": {"horizon": 4},
+                           "env": {"tasks": "MT10"},
+                           "algo": {"critic_warmup_iters": 0, "update_epochs": 1, "minibatch_size": 32,
+                                    "bc_batch_size": 16, "bc_coef": 0.5, "sil_coef": 0.5,
+                                    "anchor_distractors": ["reach-v3"]}})
+    seen = []
+    fm_loss = VLAPolicy.fm_loss
+
+    def spy(self, obs, actions, **kw):
+        seen.append(obs)
+        return fm_loss(self, obs, actions, **kw)
+    monkeypatch.setattr(VLAPolicy, "fm_loss", spy)
+    opt, _, _ = make_optimizer(model, cfg)
+    b = _batch(model, state_dim=39)
+    stats = ppo_update(model, opt, b, cfg, iteration=1, bc_data=chunks, sil_data=chunks)
+    assert stats["bc_loss"] > 0 and stats["sil_loss"] > 0 and len(seen) == 2  # one minibatch, both anchors
+    for obs in seen:
+        src = state[obs["state"][:, 0].long()]
+        reach = torch.tensor([i.startswith("reach") for i in obs["instruction"]])
+        assert reach.any() and (~reach).any()
+        keep = [i for i in range(39) if not (4 <= i < 7 or 22 <= i < 25)]
+        assert torch.equal(obs["state"][:, keep], src[:, keep])
+        assert torch.equal(obs["state"][~reach], src[~reach])
+        assert not torch.isclose(obs["state"][reach][:, 4:7], src[reach][:, 4:7]).any()
+        assert torch.equal(obs["state"][reach][:, 4:7], obs["state"][reach][:, 22:25])
+        assert (obs["state"][reach][:, 4] >= -0.1).all() and (obs["state"][reach][:, 4] <= 0.1).all()
 
 
 def test_reference_kl_pulls_the_policy_back_to_the_reference(tmp_path):

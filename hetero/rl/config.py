@@ -20,7 +20,7 @@ from hetero.config import ConfigError, build, check, load_yaml
 from hetero.models.vla import VLAConfig
 from hetero.rl.envs.libero import LiberoConfig
 from hetero.rl.envs.maniskill import ManiSkillConfig
-from hetero.rl.envs.metaworld import MetaWorldConfig, hindsight_goals
+from hetero.rl.envs.metaworld import MetaWorldConfig, anchor_distractors, hindsight_goals
 from hetero.rl.policy import SamplerConfig
 
 
@@ -156,6 +156,9 @@ class AlgoConfig:
     sil_hindsight: list[str] = field(default_factory=list)
     """Tasks whose failed episodes also enter the sil_coef loss, relabelled as successes for the goal they reached
     (hindsight; Meta-World state-only tasks whose goal is an end-effector position: reach-v3)."""
+    anchor_distractors: list[str] = field(default_factory=list)
+    """Tasks whose distractor (an object their expert ignores: Meta-World reach-v3's puck) is redrawn from the env's
+    range in the bc_coef and sil_coef rows, so the policy learns to ignore it (Meta-World, state-only)."""
     ref_kl_coef: float = 0.0
     """Weight of the KL of the policy's stochastic denoising transitions from the initial checkpoint's (the SFT
     policy), on the rollout's stored chains, added to every minibatch after the critic warm-up (Flow-GRPO's KL
@@ -178,6 +181,8 @@ class AlgoConfig:
         check(self.sil_coef >= 0, "sil_coef", "must be >= 0")
         check(self.sil_episodes >= 1, "sil_episodes", "must be >= 1")
         check(not self.sil_hindsight or self.sil_coef > 0, "sil_hindsight", "needs sil_coef > 0 (it feeds that loss)")
+        check(not self.anchor_distractors or self.bc_coef > 0 or self.sil_coef > 0, "anchor_distractors",
+              "needs bc_coef > 0 or sil_coef > 0 (it changes those losses' rows)")
         check(self.ref_kl_coef >= 0, "ref_kl_coef", "must be >= 0")
 
     def filter_bounds(self) -> tuple[float, float] | None:
@@ -262,6 +267,11 @@ class RLConfig:
             check(self.env.num_cameras == 0, "algo.sil_hindsight",
                   "relabels the goal in the state only; the camera images would still show the old goal")
             hindsight_goals(self.algo.sil_hindsight, self.env.task_list())  # raises for a task it cannot relabel
+        if self.algo.anchor_distractors:
+            check(self.benchmark == "metaworld", "algo.anchor_distractors", "is defined for Meta-World tasks only")
+            check(self.env.num_cameras == 0, "algo.anchor_distractors",
+                  "redraws the object in the state only; the camera images would still show it where it was")
+            anchor_distractors(self.algo.anchor_distractors, self.env.task_list())  # raises for an unknown task
         if self.algo.name == "grpo":
             check(self.env.group_size == self.algo.group_size, "env.group_size",
                   f"must equal algo.group_size={self.algo.group_size} for GRPO")

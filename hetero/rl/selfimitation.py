@@ -14,6 +14,13 @@ within the success radius of that goal, as the env would have ended it there. Th
 supervised learning (hindsight relabelling, Andrychowicz et al., 2017; Ghosh et al., 2019): it teaches the goal
 conditioning a task's few demonstrations do not, from every episode rather than the rare successes.
 
+Distractors (``algo.anchor_distractors``, tasks with an object their expert ignores, as Meta-World reach-v3's
+puck): in the rows of both anchors (the demos' and the self-imitation rows) that object's state entries are
+redrawn from the range the env draws it from (:class:`Distractor`), so the policy learns that task's actions do
+not depend on it. Few demos cannot teach that (reach's 3 demos have 3 puck positions, and in most Meta-World tasks
+the hand does go to the object), and a relabelled episode's goal is where the hand went, so it carries whatever
+the policy followed, the puck included.
+
 Tests: ``python -m pytest -q tests/test_rl_selfimitation.py``.
 """
 
@@ -55,6 +62,38 @@ class HindsightGoal:
         out["state"] = out["state"].clone()
         out["state"][:, self.goal[0]:self.goal[1]] = goal
         return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class Distractor:
+    """An object in the state that a task's expert ignores, and the box the env draws its position from."""
+
+    entries: tuple[tuple[int, int], ...]
+    """State entries [start, stop) holding its position, one pair per copy (e.g. this and the previous frame)."""
+    low: tuple[float, ...]
+    """Lower corner of the box its position is drawn from (one value per entry of a copy)."""
+    high: tuple[float, ...]
+    """Upper corner of that box."""
+
+    def redraw(self, state: torch.Tensor, rows: torch.Tensor, gen: torch.Generator) -> None:
+        """Set the entries of ``state [B, S]``'s ``rows`` (bool ``[B]``) to positions drawn uniformly from the box
+        (the same position in every copy), in place; draws from ``gen`` (a CPU generator)."""
+        n = int(rows.sum())
+        lo, hi = torch.tensor(self.low), torch.tensor(self.high)
+        pos = (lo + (hi - lo) * torch.rand(n, len(self.low), generator=gen)).to(state.device, state.dtype)
+        for a, b in self.entries:
+            state[rows, a:b] = pos
+
+
+def redraw_distractors(obs: dict, distractors: dict[str, Distractor], gen: torch.Generator) -> dict:
+    """``obs`` (state ``[B, S]``, instruction list) with the distractor entries of each row whose instruction is in
+    ``distractors`` redrawn (:meth:`Distractor.redraw`); the state is copied, ``obs`` is left as it was."""
+    state = obs["state"].clone()
+    for instr, d in distractors.items():
+        rows = torch.tensor([i == instr for i in obs["instruction"]], device=state.device)
+        if rows.any():
+            d.redraw(state, rows, gen)
+    return {**obs, "state": state}
 
 
 class SuccessBuffer:

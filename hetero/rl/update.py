@@ -22,7 +22,9 @@ import torch.distributed as dist
 from hetero.models.vla import VLAPolicy
 from hetero.rl import algos
 from hetero.rl.config import RLConfig
+from hetero.rl.envs.metaworld import anchor_distractors
 from hetero.rl.policy import load_checkpoint, replay
+from hetero.rl.selfimitation import Distractor, redraw_distractors
 from hetero.rl.sft import demo_batch
 
 
@@ -92,7 +94,8 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
     ``algo.bc_coef`` x the flow-matching loss of ``algo.bc_batch_size`` demo chunks to every minibatch (after the
     critic warm-up; on several actor ranks each adds it, weighted like its PPO shard, so the sum is one term);
     ``sil_data`` (:meth:`hetero.rl.selfimitation.SuccessBuffer.dataset`) likewise adds ``algo.sil_coef`` x that loss
-    on successful rollout chunks, logged as ``sil_loss``.
+    on successful rollout chunks, logged as ``sil_loss``. With ``algo.anchor_distractors`` both losses see those
+    tasks' distractor redrawn in their rows (:func:`hetero.rl.selfimitation.redraw_distractors`).
     ``ref`` (:func:`reference_policy`) adds ``algo.ref_kl_coef`` x the mean KL of the minibatch's transitions from
     ``ref``'s (after the warm-up too), logged as ``ref_kl``."""
     ac, sc, tc = cfg.algo, cfg.sampler, cfg.train
@@ -111,6 +114,7 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
              "ref_kl": []}
     use_bc = bc_data is not None and ac.bc_coef > 0 and not warmup
     use_sil = sil_data is not None and ac.sil_coef > 0 and not warmup
+    distractors = anchor_distractors(ac.anchor_distractors, cfg.env.task_list()) if ac.anchor_distractors else None
     use_ref = ref is not None and ac.ref_kl_coef > 0 and not warmup
     perm_gen = torch.Generator().manual_seed(tc.seed * 31 + iteration)
     stop = False
@@ -148,11 +152,11 @@ def ppo_update(model, opt, batch: dict, cfg: RLConfig, *, iteration: int, device
                                               huber_delta=ac.huber_delta)
                         loss = loss + ac.value_coef * vl
                     if use_bc:
-                        bc = _bc_loss(model, bc_data, ac.bc_batch_size, perm_gen, device)
+                        bc = _bc_loss(model, bc_data, ac.bc_batch_size, perm_gen, device, distractors)
                         loss = loss + ac.bc_coef * bc
                         stats["bc_loss"].append(bc.item())
                     if use_sil:
-                        sil = _bc_loss(model, sil_data, ac.bc_batch_size, perm_gen, device)
+                        sil = _bc_loss(model, sil_data, ac.bc_batch_size, perm_gen, device, distractors)
                         loss = loss + ac.sil_coef * sil
                         stats["sil_loss"].append(sil.item())
                     if use_ref:
@@ -207,14 +211,18 @@ def reference_policy(cfg: RLConfig, device: str = "cpu") -> VLAPolicy | None:
     return ref
 
 
-def _bc_loss(model, data: dict, batch_size: int, gen: torch.Generator, device: str) -> torch.Tensor:
+def _bc_loss(model, data: dict, batch_size: int, gen: torch.Generator, device: str,
+             distractors: dict[str, Distractor] | None = None) -> torch.Tensor:
     """Flow-matching loss on ``batch_size`` chunks drawn from the demo dataset ``data`` (state ``[M, S]``, actions
-    ``[M, H, A]``, images, instruction)."""
+    ``[M, H, A]``, images, instruction), with the ``distractors`` (instruction -> :class:`Distractor`) redrawn."""
     idx = torch.randint(0, data["state"].shape[0], (batch_size,), generator=gen)
     # the flow-matching noise and times from ``gen`` too (on ``device``): the global RNG would make runs with the
     # same seed differ (it was used here until the twenty-second session)
     noise_gen = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
-    return model.fm_loss(*demo_batch(data, idx, device), generator=noise_gen)
+    obs, actions = demo_batch(data, idx, device)
+    if distractors:
+        obs = redraw_distractors(obs, distractors, gen)
+    return model.fm_loss(obs, actions, generator=noise_gen)
 
 
 def _allreduce_grads(params, vals, w, group, device) -> list[float]:

@@ -27,7 +27,7 @@ import numpy as np
 
 from hetero.config import ConfigError, check
 from hetero.rl.envs.base import ChunkVecEnv, EnvSlice, SliceFactory, step_reward
-from hetero.rl.selfimitation import HindsightGoal
+from hetero.rl.selfimitation import Distractor, HindsightGoal
 
 MT10 = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
         "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"]
@@ -53,15 +53,31 @@ INSTRUCTIONS = {
 HINDSIGHT_GOALS = {"reach-v3": HindsightGoal(goal=(36, 39), achieved=(0, 3), offset=(0.0, 0.0, -0.045), radius=0.05)}
 
 
+# Distractors (algo.anchor_distractors): objects in the state that a task's scripted expert ignores. reach-v3's
+# puck (object xyz at 4:7, and 22:25 for the previous frame; SawyerReachV3Policy moves the hand to the goal only)
+# is drawn from obj_low..obj_high of SawyerReachEnvV3 (the first three entries of its _random_reset_space).
+DISTRACTORS = {"reach-v3": Distractor(entries=((4, 7), (22, 25)), low=(-0.1, 0.6, 0.02), high=(0.1, 0.7, 0.02))}
+
+
 def hindsight_goals(tasks: list[str], env_tasks: list[str]) -> dict[str, HindsightGoal]:
     """Instruction -> relabelling for ``tasks`` (``algo.sil_hindsight``); each must be one the env runs and one
     :data:`HINDSIGHT_GOALS` knows."""
+    return _by_instruction(tasks, env_tasks, HINDSIGHT_GOALS, "algo.sil_hindsight", "hindsight relabelling")
+
+
+def anchor_distractors(tasks: list[str], env_tasks: list[str]) -> dict[str, Distractor]:
+    """Instruction -> distractor for ``tasks`` (``algo.anchor_distractors``); each must be one the env runs and one
+    :data:`DISTRACTORS` knows."""
+    return _by_instruction(tasks, env_tasks, DISTRACTORS, "algo.anchor_distractors", "distractor")
+
+
+def _by_instruction(tasks: list[str], env_tasks: list[str], table: dict, path: str, what: str) -> dict:
     for t in tasks:
-        if t not in HINDSIGHT_GOALS:
-            raise ConfigError("algo.sil_hindsight", f"no hindsight relabelling for {t!r}; known: {sorted(HINDSIGHT_GOALS)}")
+        if t not in table:
+            raise ConfigError(path, f"no {what} for {t!r}; known: {sorted(table)}")
         if t not in env_tasks:
-            raise ConfigError("algo.sil_hindsight", f"{t!r} is not one of the env's tasks ({', '.join(env_tasks)})")
-    return {instruction(t): HINDSIGHT_GOALS[t] for t in tasks}
+            raise ConfigError(path, f"{t!r} is not one of the env's tasks ({', '.join(env_tasks)})")
+    return {instruction(t): table[t] for t in tasks}
 
 
 def all_tasks() -> list[str]:
