@@ -10,6 +10,9 @@ success, steps, the object's start position (``obs[4:7]``), the goal (``obs[36:3
 object at the end; then the success rate over the episodes whose object starts (``--split goal``: whose goal
 lies) left and right of the median x. The last line is JSON with every row. A policy that fails one side of the
 workspace has a gap in spatial coverage, not in the skill. State policies only (no cameras).
+
+``--show-object X,Y`` shows the policy the object at (X, Y) (both frames' entries) wherever it really is, to test
+whether the object moves the hand (Meta-World reach-v3's puck does: docs/results.md, RL, twenty-third session).
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ def _r4(v) -> list[float]:
     return np.round(np.asarray(v, np.float64), 4).tolist()
 
 
-def trace_episodes(model, env_cfg, task: str, *, episodes: int, seed: int, sampler: SamplerConfig) -> list[dict]:
+def trace_episodes(model, env_cfg, task: str, *, episodes: int, seed: int, sampler: SamplerConfig,
+                   show_object: tuple[float, float] | None = None) -> list[dict]:
     """One row per episode of ``task`` (Meta-World, in this process): success, steps, object start, goal, and the
-    tool centre point and object position at the end. ``env_cfg`` is a :class:`MetaWorldConfig`."""
+    tool centre point and object position at the end. ``env_cfg`` is a :class:`MetaWorldConfig`; ``show_object``
+    (x, y): the policy sees the object there (state 4:6 and 22:24) instead of where it is."""
     from hetero.rl.envs.metaworld import MetaWorldSlice
 
     cfg = dataclasses.replace(env_cfg, tasks=[task], num_envs=episodes, num_cameras=0, group_size=1)
@@ -41,19 +46,21 @@ def trace_episodes(model, env_cfg, task: str, *, episodes: int, seed: int, sampl
     gen = torch.Generator().manual_seed(seed)  # the ODE starts from sampled noise
     model.eval()
     try:
-        rows = [_trace_one(model, envs, j, ode, gen) for j in range(episodes)]
+        rows = [_trace_one(model, envs, j, ode, gen, show_object) for j in range(episodes)]
     finally:
         envs.close()
     return rows
 
 
-def _trace_one(model, envs, j: int, ode: SamplerConfig, gen: torch.Generator) -> dict:
+def _trace_one(model, envs, j: int, ode: SamplerConfig, gen: torch.Generator, show_object=None) -> dict:
     """Run slot ``j``'s next episode to its end; its row (see :func:`trace_episodes`)."""
     obs = envs.reset_one(j)
     start = obs["state"].copy()
     steps, success, done = 0, False, False
     while not done:
-        o = {"state": torch.as_tensor(obs["state"])[None], "instruction": [envs.instructions[j]]}
+        o = {"state": torch.as_tensor(obs["state"])[None].clone(), "instruction": [envs.instructions[j]]}
+        if show_object is not None:
+            o["state"][0, 4:6] = o["state"][0, 22:24] = torch.tensor(show_object, dtype=o["state"].dtype)
         with torch.no_grad():
             chunk = sample(model, o, ode, generator=gen).chain[0, -1, : ode.chunk].numpy()
         for a in chunk:
@@ -87,8 +94,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--episodes", type=int, default=20, help="episodes (each on its own variation draw)")
     ap.add_argument("--split", choices=["object", "goal"], default="object",
                     help="split the success rate at the median x of the object's start or of the goal")
+    ap.add_argument("--show-object", metavar="X,Y", default=None,
+                    help="show the policy the object at this x, y instead of where it is")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     a = ap.parse_args(argv)
+    show = None
+    if a.show_object is not None:
+        try:
+            show = tuple(float(v) for v in a.show_object.split(","))
+        except ValueError:
+            show = ()
+        if len(show) != 2:
+            raise ConfigError("--show-object", f"expected X,Y (two numbers), got {a.show_object!r}")
     torch.set_num_threads(1)
     cfg = load_config(a.config, a.set)
     if cfg.benchmark != "metaworld":
@@ -101,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     if model.cfg.num_cameras:
         raise ConfigError("--checkpoint", f"the policy reads {model.cfg.num_cameras} camera(s); this tool runs state only")
     env_cfg = dataclasses.replace(cfg.env, variation_seed=cfg.train.eval_variation_seed)
-    rows = trace_episodes(model, env_cfg, a.task, episodes=a.episodes, seed=cfg.train.eval_seed, sampler=cfg.sampler)
+    rows = trace_episodes(model, env_cfg, a.task, episodes=a.episodes, seed=cfg.train.eval_seed, sampler=cfg.sampler,
+                          show_object=show)
     for r in rows:
         print(f"ep {r['episode']:3d} {'ok  ' if r['success'] else 'FAIL'} steps {r['steps']:3d} object "
               f"{r['object_start']} goal {r['goal']} tcp_end {r['tcp_end']} object_end {r['object_end']}")
