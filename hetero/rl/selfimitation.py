@@ -101,7 +101,8 @@ class SuccessBuffer:
 
     Call :meth:`add` once per chunk step of the rollout, in order, with the observation the chunk was sampled
     from and the chunk the envs executed; rows of an episode wait per env until it ends and are kept only if it
-    ended in success, or, for a task in ``hindsight``, relabelled when it failed. :meth:`dataset` gives the kept rows in :func:`hetero.rl.sft.make_dataset`'s format."""
+    ended in success, or, for a task in ``hindsight``, relabelled when it failed. :meth:`dataset` gives the kept
+    rows in :func:`hetero.rl.sft.make_dataset`'s format."""
 
     def __init__(self, *, num_envs: int, per_task: int, hindsight: dict[str, HindsightGoal] | None = None):
         if per_task < 1:
